@@ -1,0 +1,25 @@
+"""Who acts, and where: every core call takes an Actor so permissions live in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOCAL_USER = "local"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A user in a place. In the terminal: the local user, no guild."""
+
+    user_id: str = LOCAL_USER
+    guild_id: str | None = None  # the Discord guild where it happens; None in DMs and the terminal
+    can_manage_guild: bool = False  # Discord "Manage Server" in that guild
+    display_name: str = ""
+
+    @property
+    def scope(self) -> str:
+        """Where names are unique: a guild, or the user's own space (DMs and the terminal)."""
+        return f"guild:{self.guild_id}" if self.guild_id else f"user:{self.user_id}"
+
+
+TERMINAL = Actor()

@@ -1,0 +1,154 @@
+"""The one door to the models: every chat goes through the `openai` client to an
+OpenAI-compatible endpoint. `local` is fewtune's own server on loopback, started on demand;
+other providers come from fewtune.toml (or are built in, like `openai`).
+
+Failures become ProviderError with one clear sentence. Retries are the openai client's own
+(bounded, exponential backoff, honouring Retry-After); timeouts bound every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from assistants.errors import ProviderError
+from storage.settings import ProviderConfig, Settings
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    provider: str
+    model: str
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        provider, _, model = text.partition(":")
+        return cls(provider, model)
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed reply: text, and at the end the provider's token counts."""
+
+    text: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Providers:
+    """Makes and caches one async openai client per provider."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._clients: dict[tuple[str, int], openai.AsyncOpenAI] = {}
+        self._lock = threading.Lock()
+
+    def config(self, name: str) -> ProviderConfig:
+        if name == LOCAL:
+            return ProviderConfig(LOCAL, timeout=300.0, max_retries=2)
+        found = self.settings.providers.get(name)
+        if found is None:
+            raise ProviderError(f"Unknown provider {name!r}: add it to fewtune.toml.")
+        return found
+
+    def _local_endpoint(self) -> tuple[str, str]:
+        from assistants.local_server import ensure_local_server
+
+        try:
+            server = ensure_local_server(self.settings)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(f"The local model server could not start: {exc}") from exc
+        return server.base_url, server.token
+
+    async def client(self, name: str) -> openai.AsyncOpenAI:
+        config = self.config(name)
+        if name == LOCAL:
+            base_url, key = await asyncio.to_thread(self._local_endpoint)
+        else:
+            if not config.base_url:
+                raise ProviderError(f"Provider {name!r} has no base_url in fewtune.toml.")
+            base_url, key = config.base_url, config.api_key or ""
+            if config.api_key_env and not key:
+                raise ProviderError(
+                    f"Provider {name!r} needs an API key: set {config.api_key_env}."
+                )
+        # One client per event loop: an AsyncOpenAI's connection pool belongs to its loop.
+        cache_key = (f"{name}|{base_url}|{key}", id(asyncio.get_running_loop()))
+        with self._lock:
+            client = self._clients.get(cache_key)
+            if client is None:
+                client = openai.AsyncOpenAI(
+                    base_url=base_url,
+                    api_key=key or "none",
+                    timeout=config.timeout,
+                    max_retries=config.max_retries,
+                )
+                self._clients[cache_key] = client
+        return client
+
+    async def stream_chat(
+        self,
+        model: ModelRef,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_tokens: int | None,
+    ) -> AsyncIterator[Chunk]:
+        """Stream a chat completion; raise ProviderError on any provider failure."""
+        client = await self.client(model.provider)
+        try:
+            stream = await client.chat.completions.create(
+                model=model.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for event in stream:
+                chunk = Chunk()
+                if event.choices:
+                    chunk.text = event.choices[0].delta.content or ""
+                if event.usage is not None:
+                    chunk.prompt_tokens = event.usage.prompt_tokens
+                    chunk.completion_tokens = event.usage.completion_tokens
+                yield chunk
+        except openai.APIError as exc:
+            raise ProviderError(describe(model, exc)) from exc
+
+    async def close(self) -> None:
+        for client in list(self._clients.values()):
+            try:
+                await client.close()
+            except Exception:  # a client bound to a closed loop cannot close cleanly; drop it
+                pass
+        self._clients.clear()
+
+
+def describe(model: ModelRef, exc: Any) -> str:
+    """One sentence for a provider failure."""
+    where = f"provider {model.provider!r}"
+    if isinstance(exc, openai.APITimeoutError):
+        return f"The model {model} did not answer in time; try again in a moment."
+    if isinstance(exc, openai.APIConnectionError):
+        return f"Could not reach {where}; check that it is running and try again."
+    if isinstance(exc, openai.AuthenticationError):
+        return f"The {where} refused the API key; check its key setting."
+    if isinstance(exc, openai.NotFoundError):
+        return f"The {where} does not serve the model {model.model!r}."
+    if isinstance(exc, openai.RateLimitError):
+        return f"The {where} is rate limiting requests; try again shortly."
+    if isinstance(exc, openai.APIStatusError):
+        return f"The {where} failed with HTTP {exc.status_code}; try again later."
+    return f"The {where} failed: {exc}"

@@ -1,0 +1,75 @@
+"""Which examples go in the prompt: similarity, MMR, random (seeded per conversation) or fixed.
+
+Only the assistant's own examples are ever candidates: each assistant has its own index
+collection, and ids are read back from SQLite filtered by the assistant again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.index import ExampleIndex
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Example ids in rank order (best first) and, for similarity/MMR, their cosine scores."""
+
+    ids: list[int]
+    scores: list[float | None]
+
+
+MMR_LAMBDA = 0.5  # relevance vs diversity; 1.0 is plain similarity
+MMR_FETCH_FACTOR = 4  # candidates fetched per example wanted
+
+
+def select(
+    selector: str,
+    index: ExampleIndex,
+    assistant_id: int,
+    k: int,
+    query: np.ndarray | None,
+    all_ids: list[int] | None = None,
+    seed: int = 0,
+) -> Selection:
+    """Pick k example ids. `query` (the message's vector) is needed by similarity and MMR;
+    `all_ids` (in id order) by random and fixed."""
+    if k <= 0:
+        return Selection([], [])
+    if selector in ("similarity", "mmr"):
+        assert query is not None
+        if selector == "similarity":
+            hits = index.query(assistant_id, query, k)
+            return Selection([h.example_id for h in hits], [h.score for h in hits])
+        hits = index.query(assistant_id, query, max(k * MMR_FETCH_FACTOR, 20), with_vectors=True)
+        order = mmr([h.vector for h in hits], [h.score for h in hits], k, MMR_LAMBDA)  # type: ignore[misc]
+        return Selection([hits[i].example_id for i in order], [hits[i].score for i in order])
+    ids = all_ids or []
+    if selector == "fixed":
+        chosen = ids[:k]
+    elif selector == "random":
+        chosen = random.Random(seed).sample(ids, min(k, len(ids)))
+    else:
+        raise ValueError(f"unknown selector {selector!r}")
+    return Selection(chosen, [None] * len(chosen))
+
+
+def mmr(vectors: list[np.ndarray], scores: list[float], k: int, lam: float) -> list[int]:
+    """Maximal marginal relevance: greedily take the candidate most relevant to the query and
+    least like those already taken. Returns positions into the candidate lists."""
+    if not vectors:
+        return []
+    matrix = np.stack(vectors)
+    relevance = np.asarray(scores, dtype=np.float32)
+    chosen: list[int] = [int(np.argmax(relevance))]
+    redundancy = matrix @ matrix[chosen[0]]
+    while len(chosen) < min(k, len(vectors)):
+        value = lam * relevance - (1 - lam) * redundancy
+        value[chosen] = -np.inf
+        best = int(np.argmax(value))
+        chosen.append(best)
+        redundancy = np.maximum(redundancy, matrix @ matrix[best])
+    return chosen

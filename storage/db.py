@@ -1,0 +1,163 @@
+"""The SQLite database: one file under FEWTUNE_HOME, the source of truth for everything.
+
+The schema grows by numbered migrations (sqlite-utils `Migrations`), each applied in one
+transaction by `open_db`, which every entry point calls. Designed up front for the Discord
+frontend (owner, guild, channel and Discord message ids) and for promotion (an assistant's
+fine-tuned model, promotions with their evaluation).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("fewtune")
+
+_SCHEMA_V1 = [
+    # Assistants: name_key is the case-folded name; unique within a scope (a guild, or a user's own).
+    """CREATE TABLE assistants (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
+        guild_id TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        instructions TEXT NOT NULL,
+        starters TEXT NOT NULL DEFAULT '[]',
+        visibility TEXT NOT NULL CHECK (visibility IN ('private', 'guild', 'public')),
+        model TEXT NOT NULL,
+        fine_tuned_model TEXT,
+        k INTEGER NOT NULL,
+        selector TEXT NOT NULL CHECK (selector IN ('similarity', 'mmr', 'random', 'fixed')),
+        temperature REAL NOT NULL,
+        max_tokens INTEGER,
+        version INTEGER NOT NULL DEFAULT 1,
+        index_dirty INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (scope, name_key)
+    )""",
+    # Every version of an assistant, as a JSON snapshot, so any earlier one can be restored.
+    """CREATE TABLE assistant_versions (
+        id INTEGER PRIMARY KEY,
+        assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        snapshot TEXT NOT NULL,
+        changed_by TEXT NOT NULL,
+        change TEXT NOT NULL,
+        changed_at TEXT NOT NULL,
+        UNIQUE (assistant_id, version)
+    )""",
+    """CREATE TABLE examples (
+        id INTEGER PRIMARY KEY,
+        assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+        input TEXT NOT NULL,
+        output TEXT NOT NULL,
+        turns TEXT,
+        source TEXT NOT NULL CHECK (source IN ('manual', 'import', 'correction', 'demo')),
+        author_id TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (assistant_id, content_hash)
+    )""",
+    "CREATE INDEX examples_assistant ON examples (assistant_id, id)",
+    """CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        guild_id TEXT,
+        channel_id TEXT,
+        thread_id TEXT,
+        frontend TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX conversations_thread ON conversations (thread_id)",
+    # Messages of both roles. A reply records what produced it: model, examples, budget, timing.
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        user_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'error')),
+        error TEXT,
+        model TEXT,
+        examples_used TEXT,
+        trimmed TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_ms REAL,
+        external_id TEXT,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX messages_conversation ON messages (conversation_id, id)",
+    "CREATE INDEX messages_user ON messages (user_id)",
+    "CREATE UNIQUE INDEX messages_external ON messages (external_id) WHERE external_id IS NOT NULL",
+    """CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        rating INTEGER CHECK (rating IN (-1, 1)),
+        correction TEXT,
+        example_id INTEGER REFERENCES examples(id) ON DELETE SET NULL,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX feedback_message ON feedback (message_id)",
+    """CREATE TABLE user_preferences (
+        user_id TEXT PRIMARY KEY,
+        opted_out INTEGER NOT NULL DEFAULT 0,
+        last_assistant_id INTEGER REFERENCES assistants(id) ON DELETE SET NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    # A channel or thread bound to an assistant (/assistant use).
+    """CREATE TABLE bindings (
+        channel_id TEXT PRIMARY KEY,
+        assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+        guild_id TEXT,
+        bound_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    # Promotions: one fine-tuning job on a provider, its evaluation and whether it was switched to.
+    """CREATE TABLE promotions (
+        id INTEGER PRIMARY KEY,
+        assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        job_id TEXT,
+        status TEXT NOT NULL,
+        fine_tuned_model TEXT,
+        dataset_stats TEXT,
+        evaluation TEXT,
+        previous_model TEXT,
+        switched INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+]
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    for statement in _SCHEMA_V1:
+        db.execute(statement)
+
+
+def open_db(path: str | Path) -> Database:
+    """Open (creating if needed) the database, in WAL mode with foreign keys, and migrate it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # check_same_thread=False: the core hands work to threads; every write holds the core's lock.
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    db = Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=30000")
+    migrations.apply(db)
+    return db

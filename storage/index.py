@@ -1,0 +1,186 @@
+"""The example index: one chromadb collection per assistant, derived from SQLite.
+
+One collection per assistant rather than one shared collection with a `where` filter: measured
+here, a filtered query over 100,000 vectors took about 84 ms p50, a per-assistant collection of
+10,000 about 2.5 ms (DESIGN.md). It also makes "only the assistant's own examples, ever" a
+property of the data layout rather than of a filter someone could forget.
+
+The index holds only ids and vectors of example inputs; texts stay in SQLite, the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from storage.embeddings import Embedder, MiniLMEmbeddingFunction
+from storage.settings import IndexSettings, Settings
+
+log = logging.getLogger(__name__)
+
+_ADD_BATCH = 5000  # chromadb accepts at most a few thousand records a call
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One example found by a query: its id, cosine similarity and (when asked) its vector."""
+
+    example_id: int
+    score: float
+    vector: np.ndarray | None = None
+
+
+def collection_name(assistant_id: int) -> str:
+    return f"assistant-{assistant_id}"
+
+
+class IndexUnavailable(RuntimeError):
+    """The example index (embedded chromadb or a Chroma server) cannot be reached."""
+
+
+class ExampleIndex:
+    """Vectors of example inputs, per assistant, in embedded chromadb or a Chroma server."""
+
+    def __init__(self, settings: Settings, embedder: Embedder) -> None:
+        self.settings: IndexSettings = settings.index
+        self._path = settings.chroma_path
+        self.embedder = embedder
+        self._function = MiniLMEmbeddingFunction(embedder)
+        self._client: Any = None
+        self._collections: dict[int, Any] = {}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+            try:
+                if self.settings.chroma_url:
+                    self._client = chromadb.HttpClient(
+                        **_http_address(self.settings.chroma_url), settings=chroma_settings
+                    )
+                else:
+                    self._client = chromadb.PersistentClient(
+                        path=str(self._path), settings=chroma_settings
+                    )
+            except Exception as exc:  # chromadb raises several kinds; all mean "not reachable"
+                where = self.settings.chroma_url or str(self._path)
+                raise IndexUnavailable(f"The example index at {where} is unavailable: {exc}") from exc
+        return self._client
+
+    def _collection(self, assistant_id: int) -> Any:
+        found = self._collections.get(assistant_id)
+        if found is None:
+            found = self.client.get_or_create_collection(
+                collection_name(assistant_id),
+                embedding_function=self._function,
+                configuration={
+                    "hnsw": {
+                        "space": "cosine",
+                        "ef_construction": self.settings.ef_construction,
+                        "ef_search": self.settings.ef_search,
+                        "max_neighbors": 32,
+                    }
+                },
+            )
+            self._collections[assistant_id] = found
+        return found
+
+    def add(
+        self,
+        assistant_id: int,
+        ids: Sequence[int],
+        texts: Sequence[str] | None = None,
+        vectors: np.ndarray | None = None,
+    ) -> None:
+        """Index examples by id; embeds `texts` unless `vectors` are given. Re-adding an id updates it."""
+        if not ids:
+            return
+        if vectors is None:
+            if texts is None:
+                raise ValueError("add needs texts or vectors")
+            vectors = self.embedder.embed(list(texts))
+        collection = self._collection(assistant_id)
+        for start in range(0, len(ids), _ADD_BATCH):
+            part = slice(start, start + _ADD_BATCH)
+            collection.upsert(
+                ids=[str(i) for i in ids[part]], embeddings=np.asarray(vectors[part])
+            )
+
+    def delete(self, assistant_id: int, ids: Iterable[int]) -> None:
+        ids = [str(i) for i in ids]
+        if ids:
+            self._collection(assistant_id).delete(ids=ids)
+
+    def drop(self, assistant_id: int) -> None:
+        """Remove an assistant's whole collection (the assistant was deleted)."""
+        self._collections.pop(assistant_id, None)
+        try:
+            self.client.delete_collection(collection_name(assistant_id))
+        except Exception:  # chromadb raises NotFoundError/ValueError by version when it is absent
+            log.debug("collection of assistant %s was already absent", assistant_id)
+
+    def ids(self, assistant_id: int) -> set[int]:
+        """Every example id in the assistant's collection (for repair)."""
+        collection = self._collection(assistant_id)
+        found: set[int] = set()
+        offset, page = 0, 10_000
+        while True:
+            got = collection.get(include=[], limit=page, offset=offset)
+            found.update(int(i) for i in got["ids"])
+            if len(got["ids"]) < page:
+                return found
+            offset += page
+
+    def count(self, assistant_id: int) -> int:
+        return int(self._collection(assistant_id).count())
+
+    def query(
+        self, assistant_id: int, vector: np.ndarray, n: int, with_vectors: bool = False
+    ) -> list[Hit]:
+        """The n nearest examples of one assistant, best first."""
+        collection = self._collection(assistant_id)
+        size = collection.count()
+        if n <= 0 or size == 0:
+            return []
+        include = ["distances", "embeddings"] if with_vectors else ["distances"]
+        got = collection.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=min(n, size),
+            include=include,
+        )
+        ids = got["ids"][0]
+        distances = got["distances"][0]
+        vectors = got["embeddings"][0] if with_vectors else [None] * len(ids)
+        return [
+            Hit(int(i), 1.0 - float(d), None if v is None else np.asarray(v, dtype=np.float32))
+            for i, d, v in zip(ids, distances, vectors, strict=True)
+        ]
+
+    def vectors(self, assistant_id: int, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        if not ids:
+            return {}
+        got = self._collection(assistant_id).get(ids=[str(i) for i in ids], include=["embeddings"])
+        return {
+            int(i): np.asarray(v, dtype=np.float32)
+            for i, v in zip(got["ids"], got["embeddings"], strict=True)
+        }
+
+
+def _http_address(url: str) -> dict[str, Any]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise IndexUnavailable(f"index.chroma_url {url!r} must look like http://host:port.")
+    return {
+        "host": parsed.hostname,
+        "port": parsed.port or (443 if parsed.scheme == "https" else 8000),
+        "ssl": parsed.scheme == "https",
+    }

@@ -1,0 +1,173 @@
+"""Settings: where state lives (FEWTUNE_HOME) and what `fewtune.toml` in it configures.
+
+Every value has a default, so an empty FEWTUNE_HOME works with no file at all (embedded models, no keys).
+Secrets never live in the file: a provider names the environment variable that holds its API key.
+
+Example `fewtune.toml`:
+
+    [providers.openai]                 # built in; usable once OPENAI_API_KEY is set
+    [providers.gpu]
+    base_url = "http://gpu-box:8000/v1"
+    api_key_env = "FEWTUNE_GPU_TOKEN"
+
+    [server]                           # the local `fewtune serve`
+    model = "SmolLM2-135M-Instruct"    # or a local folder / Hugging Face model name
+    idle_timeout = 900                 # seconds without requests before an on-demand server stops
+
+    [index]
+    chroma_url = "http://127.0.0.1:8001"   # keep the example index in a Chroma server
+
+    [chat]
+    default_model = "local:SmolLM2-135M-Instruct"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct"
+
+
+class SettingsError(ValueError):
+    """`fewtune.toml` cannot be read or holds a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One OpenAI-compatible endpoint. `api_key_env` names the variable holding its key."""
+
+    name: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout: float = 120.0
+    max_retries: int = 2
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The local `fewtune serve`: which base model, where, and when an on-demand one stops."""
+
+    model: str = EMBEDDED_CHAT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port, recorded in FEWTUNE_HOME/server.json
+    idle_timeout: float = 900.0  # 0 disables; only servers started on demand stop by themselves
+    start_timeout: float = 300.0  # the first start converts the embedded GGUF (about 35 s here)
+    echo_delay: float = 0.0  # seconds the built-in `echo` model waits before answering
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """The example index: embedded chromadb under FEWTUNE_HOME, or a Chroma server."""
+
+    chroma_url: str | None = None
+    ef_search: int = 100
+    ef_construction: int = 200
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    default_model: str = f"local:{EMBEDDED_CHAT_MODEL}"
+    context_tokens: int = 2048  # prompt budget: instructions + examples + history + message
+    reply_tokens: int = 256  # default max tokens of a reply
+    rate_limit_per_minute: int = 12  # per user, in the Discord bot
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "fewtune.db"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def models_path(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapters_path(self) -> Path:
+        return self.home / "adapters"
+
+
+def fewtune_home(home: str | Path | None = None) -> Path:
+    """The folder holding all state: the argument, else $FEWTUNE_HOME, else the user data folder."""
+    chosen = home or os.environ.get("FEWTUNE_HOME") or platformdirs.user_data_dir("fewtune")
+    path = Path(chosen).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_BUILT_IN_PROVIDERS = {
+    "openai": ProviderConfig("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+}
+
+
+def _section(data: dict, name: str) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise SettingsError(f"fewtune.toml: [{name}] must be a table.")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    known = set(cls.__dataclass_fields__)
+    unknown = set(values) - known
+    if unknown:
+        raise SettingsError(f"fewtune.toml: unknown setting {sorted(unknown)[0]!r} in [{where}].")
+    try:
+        obj = cls(**values)
+    except TypeError as exc:
+        raise SettingsError(f"fewtune.toml: [{where}] {exc}.") from exc
+    for name, f in cls.__dataclass_fields__.items():
+        default = f.default
+        value = getattr(obj, name)
+        if isinstance(default, bool | int | float) and not isinstance(value, int | float):
+            raise SettingsError(f"fewtune.toml: {where}.{name} must be a number, not {value!r}.")
+    return obj
+
+
+def load_settings(home: str | Path | None = None) -> Settings:
+    """Read FEWTUNE_HOME/fewtune.toml (optional) over the defaults."""
+    root = fewtune_home(home)
+    path = root / "fewtune.toml"
+    data: dict = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path} is not valid TOML: {exc}. Fix or remove it.") from exc
+    providers = dict(_BUILT_IN_PROVIDERS)
+    for name, values in _section(data, "providers").items():
+        if not isinstance(values, dict):
+            raise SettingsError(f"fewtune.toml: [providers.{name}] must be a table.")
+        base = providers.get(name, ProviderConfig(name))
+        merged = {**base.__dict__, **values, "name": name}
+        providers[name] = _build(ProviderConfig, merged, f"providers.{name}")
+    chroma_url = os.environ.get("FEWTUNE_CHROMA_URL")
+    index_values = _section(data, "index")
+    if chroma_url:
+        index_values = {**index_values, "chroma_url": chroma_url}
+    return Settings(
+        home=root,
+        providers=providers,
+        server=_build(ServerSettings, _section(data, "server"), "server"),
+        index=_build(IndexSettings, index_values, "index"),
+        chat=_build(ChatSettings, _section(data, "chat"), "chat"),
+    )
