@@ -129,7 +129,9 @@ def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if "k" in out:
         k = out["k"]
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_K:
-            raise InvalidInput(f"k (examples per message) must be a whole number from 0 to {MAX_K}.")
+            raise InvalidInput(
+                f"k (examples per message) must be a whole number from 0 to {MAX_K}."
+            )
     if "temperature" in out:
         t = out["temperature"]
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 2:

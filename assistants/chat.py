@@ -359,7 +359,12 @@ class Chat:
                 self.record,
                 prepared,
                 actor,
-                {"content": "".join(parts), "status": "error", "error": str(exc), "model": str(model)},
+                {
+                    "content": "".join(parts),
+                    "status": "error",
+                    "error": str(exc),
+                    "model": str(model),
+                },
             )
             raise
         latency = (time.perf_counter() - model_started) * 1000
@@ -390,5 +395,7 @@ class Chat:
 
     async def ask(self, actor: Actor, name: str, text: str, **kwargs: Any) -> Reply:
         """One message in a new conversation."""
-        conversation = await asyncio.to_thread(self.start, actor, name, frontend=kwargs.pop("frontend", "cli"))
+        conversation = await asyncio.to_thread(
+            self.start, actor, name, frontend=kwargs.pop("frontend", "cli")
+        )
         return await self.reply(actor, conversation.id, text, **kwargs)

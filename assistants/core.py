@@ -89,7 +89,10 @@ class Core:
                 index.client.delete_collection(name)
         if checked:
             log.warning(
-                "example index repaired: %d assistants, %d added, %d removed", checked, added, removed
+                "example index repaired: %d assistants, %d added, %d removed",
+                checked,
+                added,
+                removed,
             )
         return RepairReport(checked, added, removed)
 

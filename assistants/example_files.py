@@ -91,7 +91,9 @@ def _from_object(obj: object, number: int) -> ExampleData:
         raise ImportRejected(
             f'Line {number}: expected "input" and "output" fields, or "messages" (OpenAI chat format).'
         )
-    return ExampleData(_text(obj["input"], number, '"input"'), _text(obj["output"], number, '"output"'))
+    return ExampleData(
+        _text(obj["input"], number, '"input"'), _text(obj["output"], number, '"output"')
+    )
 
 
 def _from_messages(messages: object, number: int) -> ExampleData:

@@ -48,7 +48,10 @@ class Example:
         """The example as chat turns: its turns, or one user and one assistant message."""
         if self.turns:
             return [dict(t) for t in self.turns]
-        return [{"role": "user", "content": self.input}, {"role": "assistant", "content": self.output}]
+        return [
+            {"role": "user", "content": self.input},
+            {"role": "assistant", "content": self.output},
+        ]
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Example:
@@ -137,7 +140,9 @@ class Examples:
         ).fetchone()
         return int(row[0])
 
-    def search(self, actor: Actor, name: str, query: str, k: int = 4) -> list[tuple[Example, float]]:
+    def search(
+        self, actor: Actor, name: str, query: str, k: int = 4
+    ) -> list[tuple[Example, float]]:
         """The k examples whose input is most like the query, best first, with cosine scores."""
         if not query.strip():
             raise InvalidInput("The search query is empty.")

@@ -62,17 +62,23 @@ class FeedbackBook:
                 [message_id, actor.user_id],
             ).fetchone()
             if existing:
-                self.db.execute("UPDATE feedback SET rating = ? WHERE id = ?", [rating, existing[0]])
+                self.db.execute(
+                    "UPDATE feedback SET rating = ? WHERE id = ?", [rating, existing[0]]
+                )
                 feedback_id = existing[0]
             else:
-                feedback_id = self.db.table("feedback").insert(
-                    {
-                        "message_id": message_id,
-                        "user_id": actor.user_id,
-                        "rating": rating,
-                        "created_at": now(),
-                    }
-                ).last_pk
+                feedback_id = (
+                    self.db.table("feedback")
+                    .insert(
+                        {
+                            "message_id": message_id,
+                            "user_id": actor.user_id,
+                            "rating": rating,
+                            "created_at": now(),
+                        }
+                    )
+                    .last_pk
+                )
         return self.get(int(feedback_id))  # type: ignore[arg-type]
 
     def improve(self, actor: Actor, message_id: int, better_answer: str) -> Feedback:
@@ -84,14 +90,18 @@ class FeedbackBook:
             raise InvalidInput(f"The better answer is longer than {MAX_FIELD:,} characters.")
         self._reply(actor, message_id)
         with self.lock, self.db.conn:
-            feedback_id = self.db.table("feedback").insert(
-                {
-                    "message_id": message_id,
-                    "user_id": actor.user_id,
-                    "correction": text,
-                    "created_at": now(),
-                }
-            ).last_pk
+            feedback_id = (
+                self.db.table("feedback")
+                .insert(
+                    {
+                        "message_id": message_id,
+                        "user_id": actor.user_id,
+                        "correction": text,
+                        "created_at": now(),
+                    }
+                )
+                .last_pk
+            )
         return self.get(int(feedback_id))  # type: ignore[arg-type]
 
     def get(self, feedback_id: int) -> Feedback:
@@ -118,7 +128,9 @@ class FeedbackBook:
         ).fetchone()
         if not asked:
             raise NotFound("The message that reply answered is no longer stored.")
-        example = self.examples.add_correction(assistant, asked[0], feedback.correction, actor.user_id)
+        example = self.examples.add_correction(
+            assistant, asked[0], feedback.correction, actor.user_id
+        )
         with self.lock, self.db.conn:
             self.db.execute(
                 "UPDATE feedback SET example_id = ? WHERE id = ?", [example.id, feedback_id]

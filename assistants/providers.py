@@ -9,6 +9,7 @@ Failures become ProviderError with one clear sentence. Retries are the openai cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -129,10 +130,9 @@ class Providers:
 
     async def close(self) -> None:
         for client in list(self._clients.values()):
-            try:
+            # A client bound to a closed loop cannot close cleanly; drop it all the same.
+            with contextlib.suppress(Exception):
                 await client.close()
-            except Exception:  # a client bound to a closed loop cannot close cleanly; drop it
-                pass
         self._clients.clear()
 
 

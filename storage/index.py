@@ -71,7 +71,9 @@ class ExampleIndex:
                     )
             except Exception as exc:  # chromadb raises several kinds; all mean "not reachable"
                 where = self.settings.chroma_url or str(self._path)
-                raise IndexUnavailable(f"The example index at {where} is unavailable: {exc}") from exc
+                raise IndexUnavailable(
+                    f"The example index at {where} is unavailable: {exc}"
+                ) from exc
         return self._client
 
     def _collection(self, assistant_id: int) -> Any:
@@ -109,9 +111,7 @@ class ExampleIndex:
         collection = self._collection(assistant_id)
         for start in range(0, len(ids), _ADD_BATCH):
             part = slice(start, start + _ADD_BATCH)
-            collection.upsert(
-                ids=[str(i) for i in ids[part]], embeddings=np.asarray(vectors[part])
-            )
+            collection.upsert(ids=[str(i) for i in ids[part]], embeddings=np.asarray(vectors[part]))
 
     def delete(self, assistant_id: int, ids: Iterable[int]) -> None:
         ids = [str(i) for i in ids]

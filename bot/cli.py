@@ -1,0 +1,507 @@
+"""The `fewtune` command line: a thin layer over the core. Errors a user can cause print one line
+(no traceback) and exit 1; usage errors exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from assistants import TERMINAL, Core, FewtuneError
+from storage import IndexUnavailable, SettingsError
+
+app = typer.Typer(
+    name="fewtune",
+    help="Custom assistants from instructions and few-shot examples, then their own LoRA models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+assistant_app = typer.Typer(help="Create and manage assistants.", no_args_is_help=True)
+example_app = typer.Typer(
+    help="Add, import, export and search an assistant's examples.", no_args_is_help=True
+)
+app.add_typer(assistant_app, name="assistant")
+app.add_typer(example_app, name="example")
+
+USER_ERRORS = (FewtuneError, SettingsError, IndexUnavailable)
+
+
+class Selector(StrEnum):
+    similarity = "similarity"
+    mmr = "mmr"
+    random = "random"
+    fixed = "fixed"
+
+
+class Visibility(StrEnum):
+    private = "private"
+    guild = "guild"
+    public = "public"
+
+
+class Format(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+def fail(message: str) -> None:
+    typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+def open_core() -> Core:
+    try:
+        return Core.open()
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        raise  # unreachable: fail exits
+
+
+def run(fn, *args: Any, **kwargs: Any) -> Any:
+    """Call a core function, turning user errors into one clean line."""
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+NameArg = Annotated[str, typer.Argument(help="The assistant's name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+# -- assistants ------------------------------------------------------------------------------
+
+
+@assistant_app.command("create")
+def assistant_create(
+    name: NameArg,
+    instructions: Annotated[str, typer.Option(help="What the assistant does (the system prompt).")],
+    description: Annotated[str, typer.Option(help="One line shown in lists.")] = "",
+    k: Annotated[int, typer.Option(help="Examples put in each prompt (0-25).")] = 4,
+    selector: Annotated[
+        Selector, typer.Option(help="How examples are chosen.")
+    ] = Selector.similarity,
+    model: Annotated[
+        str | None, typer.Option(help="provider:model; default from settings.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0-2).")] = 0.7,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
+    visibility: Annotated[Visibility, typer.Option(help="Who may use it.")] = Visibility.private,
+    starter: Annotated[
+        list[str] | None, typer.Option(help="A conversation starter (up to 4).")
+    ] = None,
+) -> None:
+    """Create an assistant."""
+    core = open_core()
+    created = run(
+        core.assistants.create,
+        TERMINAL,
+        name,
+        instructions,
+        description=description,
+        k=k,
+        selector=selector.value,
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        visibility=visibility.value,
+        starters=starter or [],
+    )
+    typer.echo(
+        f"Created {created.name} (model {created.model}, k={created.k}, {created.selector})."
+    )
+
+
+@assistant_app.command("edit")
+def assistant_edit(
+    name: NameArg,
+    instructions: Annotated[str | None, typer.Option()] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    k: Annotated[int | None, typer.Option()] = None,
+    selector: Annotated[Selector | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    temperature: Annotated[float | None, typer.Option()] = None,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
+    visibility: Annotated[Visibility | None, typer.Option()] = None,
+    starter: Annotated[list[str] | None, typer.Option(help="Replaces all starters.")] = None,
+    rename: Annotated[str | None, typer.Option(help="A new name.")] = None,
+) -> None:
+    """Change an assistant's settings; every change is kept as a version."""
+    changes: dict[str, Any] = {
+        "instructions": instructions,
+        "description": description,
+        "k": k,
+        "selector": selector.value if selector else None,
+        "model": model,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "visibility": visibility.value if visibility else None,
+        "starters": starter,
+        "name": rename,
+    }
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if not changes:
+        fail("Nothing to change: pass at least one option, e.g. --k 6.")
+    core = open_core()
+    edited = run(core.assistants.edit, TERMINAL, name, **changes)
+    typer.echo(f"Updated {edited.name} (version {edited.version}).")
+
+
+@assistant_app.command("show")
+def assistant_show(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Show an assistant's settings and instructions."""
+    core = open_core()
+    assistant = run(core.assistants.get, TERMINAL, name)
+    count = run(core.examples.count, TERMINAL, name)
+    data = {**assistant.to_dict(), "examples": count}
+    if as_json:
+        emit_json(data)
+        return
+    typer.secho(assistant.name, bold=True)
+    if assistant.description:
+        typer.echo(assistant.description)
+    for key in (
+        "model",
+        "fine_tuned_model",
+        "k",
+        "selector",
+        "temperature",
+        "max_tokens",
+        "visibility",
+        "version",
+        "examples",
+    ):
+        if data.get(key) is not None:
+            typer.echo(f"  {key}: {data[key]}")
+    for text in assistant.starters:
+        typer.echo(f"  starter: {text}")
+    typer.echo("instructions:")
+    typer.echo(assistant.instructions)
+
+
+@assistant_app.command("list")
+def assistant_list(as_json: JsonOpt = False) -> None:
+    """List your assistants."""
+    core = open_core()
+    found = run(core.assistants.list, TERMINAL)
+    if as_json:
+        emit_json([a.to_dict() for a in found])
+        return
+    if not found:
+        typer.echo("No assistants yet: `fewtune assistant create NAME --instructions TEXT`.")
+    for a in found:
+        typer.echo(f"{a.name:24} {a.active_model:36} {a.description}")
+
+
+@assistant_app.command("delete")
+def assistant_delete(
+    name: NameArg,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: delete it with its examples and conversations.")
+    ] = False,
+) -> None:
+    """Delete an assistant with its examples and conversations."""
+    if not yes:
+        fail(f"Deleting {name!r} removes its examples and conversations: pass --yes to confirm.")
+    core = open_core()
+    gone = run(core.assistants.delete, TERMINAL, name)
+    typer.echo(f"Deleted {gone.name}.")
+
+
+@assistant_app.command("history")
+def assistant_history(name: NameArg, as_json: JsonOpt = False) -> None:
+    """List an assistant's versions."""
+    core = open_core()
+    versions = run(core.assistants.history, TERMINAL, name)
+    if as_json:
+        emit_json(versions)
+        return
+    for v in versions:
+        typer.echo(f"v{v['version']:<4} {v['changed_at']}  {v['change']:12} by {v['changed_by']}")
+
+
+@assistant_app.command("restore")
+def assistant_restore(name: NameArg, version: int) -> None:
+    """Make an earlier version current again."""
+    core = open_core()
+    restored = run(core.assistants.restore, TERMINAL, name, version)
+    typer.echo(f"Restored {restored.name} to version {version} (now version {restored.version}).")
+
+
+# -- examples --------------------------------------------------------------------------------
+
+
+def example_dict(example, score: float | None = None) -> dict[str, Any]:
+    data = example.to_dict()
+    if score is not None:
+        data["score"] = round(score, 4)
+    return data
+
+
+@example_app.command("add")
+def example_add(
+    name: NameArg,
+    input: Annotated[str, typer.Option("--input", help="A message the assistant may get.")],
+    output: Annotated[str, typer.Option("--output", help="A good answer to it.")],
+) -> None:
+    """Add one example."""
+    core = open_core()
+    example = run(core.examples.add, TERMINAL, name, input, output)
+    typer.echo(f"Added example {example.id} to {name}.")
+
+
+@example_app.command("import")
+def example_import(
+    name: NameArg, file: Annotated[Path, typer.Argument(help="JSONL or CSV file.")]
+) -> None:
+    """Import examples from JSONL ({"input","output"} or {"messages"} lines) or CSV (input,output)."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"Cannot read {file}: {exc.strerror}.")
+    core = open_core()
+    result = run(core.examples.import_data, TERMINAL, name, file.name, data)
+    typer.echo(
+        f"Imported {result.added} examples into {name} ({result.duplicates} duplicates skipped)."
+    )
+
+
+@example_app.command("export")
+def example_export(
+    name: NameArg,
+    format: Annotated[Format, typer.Option("--format", help="jsonl or csv.")] = Format.jsonl,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file instead of stdout.")
+    ] = None,
+) -> None:
+    """Export examples in the import formats."""
+    core = open_core()
+    text = run(core.examples.export, TERMINAL, name, format.value)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        fail(f"Cannot write {output}: {exc.strerror}.")
+    typer.echo(
+        f"Wrote {text.count(chr(10)) - (format is Format.csv)} examples to {output}.", err=True
+    )
+
+
+@example_app.command("list")
+def example_list(
+    name: NameArg,
+    as_json: JsonOpt = False,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """List examples, oldest first."""
+    core = open_core()
+    found = run(core.examples.list, TERMINAL, name, offset, limit)
+    if as_json:
+        emit_json([example_dict(e) for e in found])
+        return
+    for e in found:
+        typer.echo(f"{e.id:>6}  {e.input[:60]!r} -> {e.output[:60]!r}")
+
+
+@example_app.command("remove")
+def example_remove(
+    name: NameArg, example_id: Annotated[int, typer.Argument(help="Its id.")]
+) -> None:
+    """Remove one example."""
+    core = open_core()
+    run(core.examples.remove, TERMINAL, name, example_id)
+    typer.echo(f"Removed example {example_id} from {name}.")
+
+
+@example_app.command("search")
+def example_search(
+    name: NameArg,
+    query: Annotated[str, typer.Argument(help="A message to find examples like.")],
+    k: Annotated[int, typer.Option("-k", help="How many.")] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """The examples most like a message, best first, with cosine scores."""
+    core = open_core()
+    found = run(core.examples.search, TERMINAL, name, query, k)
+    if as_json:
+        emit_json([example_dict(e, s) for e, s in found])
+        return
+    for e, s in found:
+        typer.echo(f"{s:6.3f}  #{e.id}  {e.input[:60]!r} -> {e.output[:60]!r}")
+
+
+# -- chatting --------------------------------------------------------------------------------
+
+
+def reply_dict(reply) -> dict[str, Any]:
+    return {
+        "reply": reply.text,
+        "model": reply.model,
+        "examples": [example_dict(e, s) for e, s in zip(reply.examples, reply.scores, strict=True)],
+        "conversation_id": reply.conversation_id,
+        "message_id": reply.message_id,
+        "trimmed": reply.trimmed,
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+        },
+        "latency_ms": round(reply.latency_ms, 1),
+    }
+
+
+async def _ask(core: Core, name: str, message: str):
+    try:
+        return await core.chat.ask(TERMINAL, name, message)
+    finally:
+        await core.providers.close()
+
+
+@app.command("ask")
+def ask(
+    name: NameArg,
+    message: Annotated[str, typer.Argument(help="Your message.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask an assistant one message and print its reply."""
+    core = open_core()
+    reply = run(asyncio.run, _ask(core, name, message))
+    if as_json:
+        emit_json(reply_dict(reply))
+    else:
+        typer.echo(reply.text)
+
+
+async def _chat_loop(core: Core, name: str) -> None:
+    assistant = core.assistants.get(TERMINAL, name)
+    conversation = await asyncio.to_thread(core.chat.start, TERMINAL, name, frontend="cli")
+    typer.secho(
+        f"Chatting with {assistant.name} ({assistant.active_model}). /new starts over, /exit or Ctrl-D ends.",
+        dim=True,
+    )
+    for text in assistant.starters:
+        typer.secho(f"  try: {text}", dim=True)
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "you> ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo()
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/new":
+            conversation = await asyncio.to_thread(core.chat.start, TERMINAL, name, frontend="cli")
+            typer.secho("(new conversation)", dim=True)
+            continue
+        shown = 0
+
+        async def on_delta(text: str) -> None:
+            nonlocal shown
+            if shown == 0:
+                sys.stdout.write(f"{assistant.name}> ")
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+
+        try:
+            reply = await core.chat.reply(TERMINAL, conversation.id, line, on_delta=on_delta)
+        except FewtuneError as exc:
+            typer.secho(f"\nError: {exc}", err=True, fg=typer.colors.RED)
+            continue
+        if shown == 0:
+            sys.stdout.write(f"{assistant.name}> {reply.text}")
+        sys.stdout.write("\n")
+        used = ", ".join(f"#{e.id} {e.input[:30]!r}" for e in reply.examples) or "none"
+        note = f"  [examples: {used}]"
+        if reply.trimmed:
+            note += f" [trimmed: {reply.trimmed}]"
+        typer.secho(note, dim=True)
+
+
+@app.command("chat")
+def chat(name: NameArg) -> None:
+    """Chat with an assistant in the terminal, streamed, showing the examples it used."""
+    core = open_core()
+
+    async def main() -> None:
+        try:
+            await _chat_loop(core, name)
+        finally:
+            await core.providers.close()
+
+    run(asyncio.run, main())
+
+
+@app.command("demo")
+def demo(
+    no_chat: Annotated[
+        bool, typer.Option("--no-chat", help="Only set up the demo assistant.")
+    ] = False,
+) -> None:
+    """Create the demo assistant (number words in many languages to digits) and chat with it."""
+    from assistants.demo import install_demo
+
+    core = open_core()
+    assistant = run(install_demo, core, TERMINAL)
+    typer.echo(
+        f"Demo assistant {assistant.name!r} is ready ({run(core.examples.count, TERMINAL, assistant.name)} examples)."
+    )
+    if not no_chat:
+        chat(assistant.name)
+
+
+# -- serving and maintenance -------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default from settings; 0 picks one).")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many idle seconds (0: never).")
+    ] = None,
+) -> None:
+    """Run the OpenAI-compatible model server (bearer token: FEWTUNE_SERVER_TOKEN)."""
+    from storage import load_settings
+    from training.server.run import serve as run_server
+
+    settings = run(load_settings)
+    run_server(settings, host=host, port=port, idle_timeout=idle_timeout or 0)
+
+
+@app.command("reindex")
+def reindex() -> None:
+    """Rebuild the example index from SQLite."""
+    core = open_core()
+    total = run(core.reindex)
+    typer.echo(f"Reindexed {total} examples.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
