@@ -59,6 +59,16 @@ class Reply:
 
 
 @dataclass
+class Composed:
+    """A prompt ready for the model, with the examples in it and what the budget trimmed."""
+
+    messages: list[dict[str, str]]
+    examples: list[Example]
+    scores: list[float | None]
+    trimmed: dict[str, int]
+
+
+@dataclass
 class Prepared:
     """Everything decided before the model is called."""
 
@@ -238,44 +248,7 @@ class Chat:
             for m in self.history(conversation_id)
             if m["status"] == "ok"
         ]
-        selected_ids: list[int] = []
-        scores: list[float | None] = []
-        if assistant.k > 0:
-            index = self._index()
-            query = None
-            all_ids = None
-            if assistant.selector in ("similarity", "mmr"):
-                query = index.embedder.embed_one(text)
-            else:
-                all_ids = self.examples.all_ids(assistant.id)
-            chosen = select(
-                assistant.selector,
-                index,
-                assistant.id,
-                assistant.k,
-                query,
-                all_ids,
-                seed=conversation.seed,
-            )
-            selected_ids, scores = chosen.ids, chosen.scores
-        examples = self.examples.by_ids(assistant.id, selected_ids)
-        score_of = dict(zip(selected_ids, scores, strict=True))
-        reply_tokens = assistant.max_tokens or self.settings.chat.reply_tokens
-        budget = self.settings.chat.context_tokens - reply_tokens
-        try:
-            prompt = build_prompt(
-                assistant.instructions,
-                [(e.id, e.as_messages()) for e in examples],
-                history,
-                text,
-                budget,
-            )
-        except PromptTooLong as exc:
-            raise InvalidInput(
-                f"The message and instructions need about {exc.needed:,} tokens, more than this "
-                f"assistant's budget of {exc.budget:,}; send a shorter message."
-            ) from exc
-        kept = {i: e for i, e in ((e.id, e) for e in examples) if i in prompt.example_ids}
+        composed = self.compose(assistant, history, text, seed=conversation.seed)
         # Stored only once the prompt is known to fit, so a refused message leaves nothing behind.
         with self.lock, self.db.conn:
             user_message_id = int(
@@ -297,6 +270,65 @@ class Chat:
             assistant=assistant,
             conversation=conversation,
             user_message_id=user_message_id,
+            messages=composed.messages,
+            examples=composed.examples,
+            scores=composed.scores,
+            trimmed=composed.trimmed,
+        )
+
+    def compose(
+        self,
+        assistant: Assistant,
+        history: list[dict[str, str]],
+        text: str,
+        *,
+        seed: int = 0,
+        k: int | None = None,
+        exclude: frozenset[int] = frozenset(),
+    ) -> Composed:
+        """Select examples and build the prompt for one message; stores nothing. `k` overrides
+        the assistant's (evaluation compares with and without examples)."""
+        k = assistant.k if k is None else k
+        selected_ids: list[int] = []
+        scores: list[float | None] = []
+        if k > 0:
+            index = self._index()
+            query = None
+            all_ids = None
+            if assistant.selector in ("similarity", "mmr"):
+                query = index.embedder.embed_one(text)
+            else:
+                all_ids = self.examples.all_ids(assistant.id)
+            chosen = select(
+                assistant.selector,
+                index,
+                assistant.id,
+                k,
+                query,
+                all_ids,
+                seed=seed,
+                exclude=exclude,
+            )
+            selected_ids, scores = chosen.ids, chosen.scores
+        examples = self.examples.by_ids(assistant.id, selected_ids)
+        score_of = dict(zip(selected_ids, scores, strict=True))
+        reply_tokens = assistant.max_tokens or self.settings.chat.reply_tokens
+        budget = self.settings.chat.context_tokens - reply_tokens
+        try:
+            prompt = build_prompt(
+                assistant.instructions,
+                [(e.id, e.as_messages()) for e in examples],
+                history,
+                text,
+                budget,
+            )
+        except PromptTooLong as exc:
+            raise InvalidInput(
+                f"The message and instructions need about {exc.needed:,} tokens, more than this "
+                f"assistant's budget of {exc.budget:,}; send a shorter message."
+            ) from exc
+        kept = {i: e for i, e in ((e.id, e) for e in examples) if i in prompt.example_ids}
+        return Composed(
             messages=prompt.messages,
             examples=[kept[i] for i in prompt.example_ids],
             scores=[score_of.get(i) for i in prompt.example_ids],

@@ -12,6 +12,7 @@ from assistants.chat import Chat
 from assistants.examples import Examples
 from assistants.feedback import FeedbackBook
 from assistants.privacy import Privacy
+from assistants.promotion import Promotions
 from assistants.providers import Providers
 from storage.db import open_db
 from storage.embeddings import Embedder
@@ -48,6 +49,9 @@ class Core:
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)
+        self.promotions = Promotions(
+            self.db, self.assistants, self.chat, self.providers, self.lock
+        )
 
     @classmethod
     def open(cls, home: str | Path | None = None, embedder: Embedder | None = None) -> Core:

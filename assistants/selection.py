@@ -34,20 +34,25 @@ def select(
     query: np.ndarray | None,
     all_ids: list[int] | None = None,
     seed: int = 0,
+    exclude: frozenset[int] = frozenset(),
 ) -> Selection:
     """Pick k example ids. `query` (the message's vector) is needed by similarity and MMR;
-    `all_ids` (in id order) by random and fixed."""
+    `all_ids` (in id order) by random and fixed. `exclude`d ids are never picked (evaluation
+    keeps held-out examples out of the prompt)."""
     if k <= 0:
         return Selection([], [])
     if selector in ("similarity", "mmr"):
         assert query is not None
         if selector == "similarity":
-            hits = index.query(assistant_id, query, k)
+            hits = index.query(assistant_id, query, k + len(exclude))
+            hits = [h for h in hits if h.example_id not in exclude][:k]
             return Selection([h.example_id for h in hits], [h.score for h in hits])
-        hits = index.query(assistant_id, query, max(k * MMR_FETCH_FACTOR, 20), with_vectors=True)
+        fetch = max(k * MMR_FETCH_FACTOR, 20) + len(exclude)
+        hits = index.query(assistant_id, query, fetch, with_vectors=True)
+        hits = [h for h in hits if h.example_id not in exclude]
         order = mmr([h.vector for h in hits], [h.score for h in hits], k, MMR_LAMBDA)  # type: ignore[misc]
         return Selection([hits[i].example_id for i in order], [hits[i].score for i in order])
-    ids = all_ids or []
+    ids = [i for i in all_ids or [] if i not in exclude]
     if selector == "fixed":
         chosen = ids[:k]
     elif selector == "random":

@@ -499,6 +499,183 @@ def reindex() -> None:
     typer.echo(f"Reindexed {total} examples.")
 
 
+# -- promotion -------------------------------------------------------------------------------
+
+dataset_app = typer.Typer(help="The training data a promotion would use.", no_args_is_help=True)
+adapter_app = typer.Typer(help="Fine-tuned adapters.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(adapter_app, name="adapter")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    name: NameArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file instead of stdout.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train or held_out.")] = "train",
+) -> None:
+    """Export the training chats as OpenAI chat JSONL."""
+    if split not in ("train", "held_out"):
+        fail("--split must be train or held_out.")
+    core = open_core()
+    _, data = run(core.promotions.dataset, TERMINAL, name)
+    text = data.jsonl(split)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        fail(f"Cannot write {output}: {exc.strerror}.")
+    typer.echo(f"Wrote {text.count(chr(10))} chats to {output}.", err=True)
+
+
+@dataset_app.command("stats")
+def dataset_stats(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Conversations, examples, tokens, and what each filter removed."""
+    core = open_core()
+    _, data = run(core.promotions.dataset, TERMINAL, name)
+    if as_json:
+        emit_json(data.stats)
+        return
+    for key, value in data.stats.items():
+        if key != "filters":
+            typer.echo(f"{key:16} {value}")
+    for key, value in data.stats["filters"].items():
+        typer.echo(f"  filter {key:24} {value}")
+
+
+def show_promotion(promotion) -> None:
+    typer.echo(f"job {promotion.job_id} on {promotion.provider}: {promotion.status}")
+    if promotion.fine_tuned_model:
+        typer.echo(f"fine-tuned model: {promotion.fine_tuned_model}")
+    if promotion.error:
+        typer.echo(f"error: {promotion.error}")
+    if promotion.evaluation:
+        ev = promotion.evaluation
+        typer.echo(f"evaluation on {ev['items']} held-out chats (exact match, token F1):")
+        for label in ("few_shot", "fine_tuned", "fine_tuned_with_examples"):
+            r = ev[label]
+            typer.echo(
+                f"  {label:26} {r['exact_match']:6.1%}  {r['token_f1']:.3f}  ({r['model']}, k={r['k']})"
+            )
+    typer.echo(f"switched: {'yes' if promotion.switched else 'no'}")
+
+
+async def _promote(core: Core, name: str, provider, base_model, wait: bool, force: bool, epochs):
+    try:
+        hyper = {"n_epochs": epochs} if epochs is not None else None
+        promotion = await core.promotions.start(
+            TERMINAL,
+            name,
+            provider=provider,
+            base_model=base_model,
+            hyperparameters=hyper,
+            force=force,
+        )
+        stats = promotion.dataset_stats or {}
+        typer.echo(
+            f"Uploaded {stats.get('train_chats')} training and {stats.get('held_out_chats')} held-out chats; "
+            f"job {promotion.job_id} is {promotion.status}."
+        )
+        if not wait:
+            typer.echo(f"Follow it with `fewtune promote status {name}`.")
+            return
+
+        async def progress(event):
+            data = event.get("data") or {}
+            if event.get("type") == "metrics" and data:
+                loss = data.get("train_loss")
+                typer.echo(
+                    f"  step {data.get('step')}: train loss {loss:.4f}"
+                    if loss is not None
+                    else f"  {data}"
+                )
+            else:
+                typer.echo(f"  {event['message']}")
+
+        promotion = await core.promotions.follow(TERMINAL, name, progress)
+        if promotion.status != "succeeded":
+            fail(
+                f"The fine-tuning job ended {promotion.status}: {promotion.error or 'no reason given'}."
+            )
+        typer.echo("Evaluating on the held-out split...")
+        await core.promotions.evaluate(TERMINAL, name, progress)
+        promotion = core.promotions.switch(TERMINAL, name, force=force)
+        show_promotion(promotion)
+        if not promotion.switched:
+            typer.echo(
+                "The fine-tuned model scored lower than few-shot, so the assistant keeps its model (--force switches anyway)."
+            )
+    finally:
+        await core.providers.close()
+
+
+@app.command("promote")
+def promote(
+    name: NameArg,
+    target: Annotated[
+        str | None, typer.Argument(help="With `status`: the assistant.", show_default=False)
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="Where to fine-tune (default: the assistant's provider).")
+    ] = None,
+    base_model: Annotated[str | None, typer.Option(help="The base model to fine-tune.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job, evaluate and switch.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote with little data; switch even if not better.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: auto).")] = None,
+) -> None:
+    """Fine-tune an assistant's own model (`fewtune promote status NAME` shows the latest)."""
+    core = open_core()
+    if name == "status" and target:
+
+        async def status():
+            try:
+                return await core.promotions.refresh(TERMINAL, target)
+            finally:
+                await core.providers.close()
+
+        show_promotion(run(asyncio.run, status()))
+        return
+    if target:
+        fail(
+            f"Unexpected argument {target!r}: `fewtune promote NAME` or `fewtune promote status NAME`."
+        )
+    run(asyncio.run, _promote(core, name, provider, base_model, wait, force, epochs))
+
+
+@app.command("rollback")
+def rollback(name: NameArg) -> None:
+    """Return an assistant to the model it used before its last promotion."""
+    core = open_core()
+    assistant = run(core.promotions.rollback, TERMINAL, name)
+    typer.echo(f"{assistant.name} now answers with {assistant.active_model}.")
+
+
+@adapter_app.command("download")
+def adapter_download(
+    name: NameArg, folder: Annotated[Path, typer.Argument(help="Where to put it.")]
+) -> None:
+    """Download the assistant's fine-tuned LoRA adapter (PEFT format)."""
+    core = open_core()
+
+    async def fetch():
+        try:
+            return await core.promotions.download_adapter(TERMINAL, name, folder)
+        finally:
+            await core.providers.close()
+
+    where = run(asyncio.run, fetch())
+    typer.echo(f"Adapter saved in {where} (PEFT format: load with peft, transformers or vLLM).")
+
+
 def main() -> None:
     app()
 

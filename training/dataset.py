@@ -39,6 +39,7 @@ class Dataset:
     train: list[dict[str, Any]] = field(default_factory=list)
     held_out: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    held_out_example_ids: set[int] = field(default_factory=set)  # kept out of few-shot evaluation
 
     def jsonl(self, split: str = "train") -> str:
         rows = self.train if split == "train" else self.held_out
@@ -74,11 +75,11 @@ def build_dataset(
 ) -> Dataset:
     """Collect, filter and split an assistant's training chats."""
     removed: Counter[str] = Counter()
-    chats: list[tuple[str, list[dict[str, Any]]]] = []  # (origin, messages)
+    chats: list[tuple[str, int, list[dict[str, Any]]]] = []  # (origin, id, messages)
     system = {"role": "system", "content": instructions}
 
     for row in db.query(
-        "SELECT input, output, turns FROM examples WHERE assistant_id = ? ORDER BY id",
+        "SELECT id, input, output, turns FROM examples WHERE assistant_id = ? ORDER BY id",
         [assistant_id],
     ):
         turns = (
@@ -89,7 +90,7 @@ def build_dataset(
                 {"role": "assistant", "content": row["output"]},
             ]
         )
-        chats.append(("example", [system, *turns]))
+        chats.append(("example", row["id"], [system, *turns]))
 
     opted_out = {
         r[0] for r in db.execute("SELECT user_id FROM user_preferences WHERE opted_out = 1")
@@ -103,13 +104,13 @@ def build_dataset(
             continue
         messages = _conversation_messages(db, conversation["id"], removed)
         if messages:
-            chats.append(("conversation", [system, *messages]))
+            chats.append(("conversation", conversation["id"], [system, *messages]))
 
     dataset = Dataset()
     seen: set[str] = set()
     tokens = Counter[str]()
     origins = Counter[str]()
-    for origin, messages in chats:
+    for origin, origin_id, messages in chats:
         if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
             removed["nothing_to_learn"] += 1
             continue
@@ -124,6 +125,8 @@ def build_dataset(
         seen.add(fingerprint)
         split = "held_out" if is_held_out(fingerprint, held_out_fraction) else "train"
         (dataset.held_out if split == "held_out" else dataset.train).append({"messages": messages})
+        if split == "held_out" and origin == "example":
+            dataset.held_out_example_ids.add(origin_id)
         tokens[split] += size
         origins[origin] += 1
     dataset.stats = {
