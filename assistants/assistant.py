@@ -304,7 +304,8 @@ class Assistants:
             self._record(assistant, actor, "create")
         return assistant
 
-    def edit(self, actor: Actor, name: str, **changes: Any) -> Assistant:
+    def edit(self, actor: Actor, name: str, /, **changes: Any) -> Assistant:
+        """Change settings; `name=` among the changes renames (hence positional-only `name`)."""
         unknown = set(changes) - set(EDITABLE)
         if unknown:
             raise InvalidInput(f"{sorted(unknown)[0]!r} is not a setting of an assistant.")

@@ -16,7 +16,7 @@ from assistants.promotion import Promotions
 from assistants.providers import Providers
 from storage.db import open_db
 from storage.embeddings import Embedder
-from storage.index import ExampleIndex
+from storage.index import ExampleIndex, IndexUnavailable
 from storage.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,7 @@ class Core:
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)
-        self.promotions = Promotions(
-            self.db, self.assistants, self.chat, self.providers, self.lock
-        )
+        self.promotions = Promotions(self.db, self.assistants, self.chat, self.providers, self.lock)
 
     @classmethod
     def open(cls, home: str | Path | None = None, embedder: Embedder | None = None) -> Core:
@@ -67,7 +65,12 @@ class Core:
             return self._index
 
     def _drop_index(self, assistant_id: int) -> None:
-        self.index().drop(assistant_id)
+        try:
+            self.index().drop(assistant_id)
+        except IndexUnavailable as exc:
+            # The assistant is already gone from SQLite (the truth); failing here would tell the
+            # user a finished delete failed. The next start-up repair drops the stray collection.
+            log.warning("could not drop the index of deleted assistant %s: %s", assistant_id, exc)
 
     def repair(self, index: ExampleIndex | None = None) -> RepairReport:
         """Make the index agree with SQLite. Assistants marked dirty (a write was interrupted) or

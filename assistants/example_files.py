@@ -50,6 +50,8 @@ def parse_examples(filename: str, data: bytes) -> list[tuple[int, ExampleData]]:
         ) from exc
     if "\x00" in text:
         raise ImportRejected(f"{filename} is not a text file; send JSONL or CSV.")
+    if not text.strip():
+        raise ImportRejected(f"{filename} holds no examples.")
     fmt = detect_format(filename, text)
     items = _parse_jsonl(text) if fmt == "jsonl" else _parse_csv(text)
     if not items:

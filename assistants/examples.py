@@ -123,7 +123,9 @@ class Examples:
     def list(
         self, actor: Actor, name: str, offset: int = 0, limit: int | None = None
     ) -> list[Example]:
-        assistant = self.assistants.get(actor, name)
+        """An assistant's examples, oldest first. Like its instructions, only those who may
+        manage it see them."""
+        assistant = self.assistants.get_managed(actor, name, "see the examples of")
         rows = self.db.query(
             "SELECT * FROM examples WHERE assistant_id = ? ORDER BY id LIMIT ? OFFSET ?",
             [assistant.id, -1 if limit is None else limit, offset],
@@ -148,7 +150,7 @@ class Examples:
             raise InvalidInput("The search query is empty.")
         if not 1 <= k <= 100:
             raise InvalidInput("-k must be from 1 to 100.")
-        assistant = self.assistants.get(actor, name)
+        assistant = self.assistants.get_managed(actor, name, "search the examples of")
         index = self._index()
         hits = index.query(assistant.id, index.embedder.embed_one(query), k)
         examples = {e.id: e for e in self.by_ids(assistant.id, [h.example_id for h in hits])}

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 from sqlite_utils import Database
 
 from assistants.actor import Actor
@@ -181,6 +180,8 @@ class Promotions:
                 )
                 .last_pk
             )
+        import openai
+
         client = await self.providers.client(provider)
         ref = ModelRef(provider, base)
         try:
@@ -211,6 +212,8 @@ class Promotions:
         self, promotion: Promotion, seen: set[str], on_progress: OnProgress | None
     ) -> Promotion:
         """Read the job and its new events once; store the status."""
+        import openai
+
         assert promotion.job_id is not None
         client = await self.providers.client(promotion.provider)
         try:
@@ -267,6 +270,8 @@ class Promotions:
         promotion = self.latest(actor, name)
         if promotion.job_id is None or promotion.status in TERMINAL_STATUSES:
             raise InvalidInput(f"There is no running promotion of {name!r} to cancel.")
+        import openai
+
         client = await self.providers.client(promotion.provider)
         try:
             job = await client.fine_tuning.jobs.cancel(promotion.job_id)

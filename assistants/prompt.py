@@ -64,6 +64,10 @@ def build_prompt(
     while total > budget and kept_history_from < len(history):
         total -= history_costs[kept_history_from]
         kept_history_from += 1
+    # Kept history starts with a user turn: a leading reply would answer a question not shown.
+    while 0 < kept_history_from < len(history) and history[kept_history_from]["role"] != "user":
+        total -= history_costs[kept_history_from]
+        kept_history_from += 1
     while total > budget and kept_examples > 0:
         kept_examples -= 1
         total -= example_costs[kept_examples]

@@ -13,12 +13,13 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from assistants.errors import ProviderError
 from storage.settings import ProviderConfig, Settings
+
+if TYPE_CHECKING:
+    import openai  # imported when first needed: it takes a second or more to import
 
 LOCAL = "local"
 
@@ -86,6 +87,8 @@ class Providers:
                     f"Provider {name!r} needs an API key: set {config.api_key_env}."
                 )
         # One client per event loop: an AsyncOpenAI's connection pool belongs to its loop.
+        import openai
+
         cache_key = (f"{name}|{base_url}|{key}", id(asyncio.get_running_loop()))
         with self._lock:
             client = self._clients.get(cache_key)
@@ -107,6 +110,8 @@ class Providers:
         max_tokens: int | None,
     ) -> AsyncIterator[Chunk]:
         """Stream a chat completion; raise ProviderError on any provider failure."""
+        import openai
+
         client = await self.client(model.provider)
         try:
             stream = await client.chat.completions.create(
@@ -138,6 +143,8 @@ class Providers:
 
 def describe(model: ModelRef, exc: Any) -> str:
     """One sentence for a provider failure."""
+    import openai
+
     where = f"provider {model.provider!r}"
     if isinstance(exc, openai.APITimeoutError):
         return f"The model {model} did not answer in time; try again in a moment."

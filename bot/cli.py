@@ -297,9 +297,9 @@ def example_export(
         os.replace(tmp, output)
     except OSError as exc:
         fail(f"Cannot write {output}: {exc.strerror}.")
-    typer.echo(
-        f"Wrote {text.count(chr(10)) - (format is Format.csv)} examples to {output}.", err=True
-    )
+    # Counted in the store: a CSV field may span lines, so lines are not examples.
+    count = run(core.examples.count, TERMINAL, name)
+    typer.echo(f"Wrote {count} examples to {output}.", err=True)
 
 
 @example_app.command("list")

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
-from chromadb.utils.embedding_functions import register_embedding_function
 
 DIMENSION = 384
 MAX_TOKENS = 256  # the model was trained on 256-token inputs; longer ones are truncated
@@ -84,29 +82,3 @@ class Embedder:
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
-
-
-@register_embedding_function
-class MiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
-    """chromadb's view of the offline embedder, so a collection never falls back to the default
-    embedding function (which downloads its model)."""
-
-    def __init__(self, embedder: Embedder | None = None) -> None:
-        self.embedder = embedder or Embedder()
-
-    def __call__(self, input: Documents) -> Embeddings:
-        return list(self.embedder.embed(list(input)))
-
-    @staticmethod
-    def name() -> str:
-        return "fewtune-minilm"
-
-    def default_space(self):  # type: ignore[override]
-        return "cosine"
-
-    def get_config(self) -> dict[str, Any]:
-        return {}
-
-    @staticmethod
-    def build_from_config(config: dict[str, Any]) -> MiniLMEmbeddingFunction:
-        return MiniLMEmbeddingFunction()

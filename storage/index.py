@@ -11,13 +11,15 @@ The index holds only ids and vectors of example inputs; texts stay in SQLite, th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
 
-from storage.embeddings import Embedder, MiniLMEmbeddingFunction
+from storage.embeddings import Embedder
 from storage.settings import IndexSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class ExampleIndex:
         self.settings: IndexSettings = settings.index
         self._path = settings.chroma_path
         self.embedder = embedder
-        self._function = MiniLMEmbeddingFunction(embedder)
+        self._function: Any = None
         self._client: Any = None
         self._collections: dict[int, Any] = {}
 
@@ -58,6 +60,10 @@ class ExampleIndex:
         if self._client is None:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
+
+            from storage.chroma_embedding import MiniLMEmbeddingFunction
+
+            self._function = MiniLMEmbeddingFunction(self.embedder)
 
             chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
             try:
@@ -76,23 +82,37 @@ class ExampleIndex:
                 ) from exc
         return self._client
 
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """A Chroma server that stops answering mid-session is unavailable, not a crash."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise IndexUnavailable(
+                f"The example index at {self.settings.chroma_url} is unavailable: {exc}"
+            ) from exc
+
     def _collection(self, assistant_id: int) -> Any:
         found = self._collections.get(assistant_id)
         if found is None:
-            found = self.client.get_or_create_collection(
-                collection_name(assistant_id),
-                embedding_function=self._function,
-                configuration={
-                    "hnsw": {
-                        "space": "cosine",
-                        "ef_construction": self.settings.ef_construction,
-                        "ef_search": self.settings.ef_search,
-                        "max_neighbors": 32,
-                    }
-                },
-            )
+            with self._answering():
+                found = self._get_or_create(assistant_id)
             self._collections[assistant_id] = found
         return found
+
+    def _get_or_create(self, assistant_id: int) -> Any:
+        return self.client.get_or_create_collection(
+            collection_name(assistant_id),
+            embedding_function=self._function,
+            configuration={
+                "hnsw": {
+                    "space": "cosine",
+                    "ef_construction": self.settings.ef_construction,
+                    "ef_search": self.settings.ef_search,
+                    "max_neighbors": 32,
+                }
+            },
+        )
 
     def add(
         self,
@@ -109,14 +129,19 @@ class ExampleIndex:
                 raise ValueError("add needs texts or vectors")
             vectors = self.embedder.embed(list(texts))
         collection = self._collection(assistant_id)
-        for start in range(0, len(ids), _ADD_BATCH):
-            part = slice(start, start + _ADD_BATCH)
-            collection.upsert(ids=[str(i) for i in ids[part]], embeddings=np.asarray(vectors[part]))
+        with self._answering():
+            for start in range(0, len(ids), _ADD_BATCH):
+                part = slice(start, start + _ADD_BATCH)
+                collection.upsert(
+                    ids=[str(i) for i in ids[part]], embeddings=np.asarray(vectors[part])
+                )
 
     def delete(self, assistant_id: int, ids: Iterable[int]) -> None:
-        ids = [str(i) for i in ids]
-        if ids:
-            self._collection(assistant_id).delete(ids=ids)
+        keys = [str(i) for i in ids]
+        if keys:
+            collection = self._collection(assistant_id)
+            with self._answering():
+                collection.delete(ids=keys)
 
     def drop(self, assistant_id: int) -> None:
         """Remove an assistant's whole collection (the assistant was deleted)."""
@@ -132,29 +157,32 @@ class ExampleIndex:
         found: set[int] = set()
         offset, page = 0, 10_000
         while True:
-            got = collection.get(include=[], limit=page, offset=offset)
+            with self._answering():
+                got = collection.get(include=[], limit=page, offset=offset)
             found.update(int(i) for i in got["ids"])
             if len(got["ids"]) < page:
                 return found
             offset += page
 
     def count(self, assistant_id: int) -> int:
-        return int(self._collection(assistant_id).count())
+        collection = self._collection(assistant_id)
+        with self._answering():
+            return int(collection.count())
 
     def query(
         self, assistant_id: int, vector: np.ndarray, n: int, with_vectors: bool = False
     ) -> list[Hit]:
         """The n nearest examples of one assistant, best first."""
-        collection = self._collection(assistant_id)
-        size = collection.count()
+        size = self.count(assistant_id)
         if n <= 0 or size == 0:
             return []
         include = ["distances", "embeddings"] if with_vectors else ["distances"]
-        got = collection.query(
-            query_embeddings=[np.asarray(vector, dtype=np.float32)],
-            n_results=min(n, size),
-            include=include,
-        )
+        with self._answering():
+            got = self._collection(assistant_id).query(
+                query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                n_results=min(n, size),
+                include=include,
+            )
         ids = got["ids"][0]
         distances = got["distances"][0]
         vectors = got["embeddings"][0] if with_vectors else [None] * len(ids)
@@ -166,7 +194,9 @@ class ExampleIndex:
     def vectors(self, assistant_id: int, ids: Sequence[int]) -> dict[int, np.ndarray]:
         if not ids:
             return {}
-        got = self._collection(assistant_id).get(ids=[str(i) for i in ids], include=["embeddings"])
+        collection = self._collection(assistant_id)
+        with self._answering():
+            got = collection.get(ids=[str(i) for i in ids], include=["embeddings"])
         return {
             int(i): np.asarray(v, dtype=np.float32)
             for i, v in zip(got["ids"], got["embeddings"], strict=True)

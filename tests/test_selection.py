@@ -1,0 +1,146 @@
+"""Example selection: similarity, MMR, random (seeded per conversation), fixed, and k = 0."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from assistants import TERMINAL
+from assistants.selection import mmr, select
+
+PASSWORD_NEAR_DUPLICATES = [
+    "How do I reset my password?",
+    "How can I reset my password?",
+    "How do I reset my password, please?",
+    "How to reset my password",
+]
+OTHERS = [
+    "How do I delete my account?",
+    "I cannot log in to my account.",
+    "What are your opening hours?",
+    "Do you ship to Canada?",
+]
+QUERY = "I forgot my password and cannot log in, how do I reset it?"
+
+
+@pytest.fixture
+def support(core):
+    """An assistant with near-duplicate examples and some different ones; returns it and ids."""
+    assistant = core.assistants.create(TERMINAL, "support", "Help customers.")
+    ids = {}
+    for text in PASSWORD_NEAR_DUPLICATES + OTHERS:
+        ids[text] = core.examples.add(TERMINAL, "support", text, "answer").id
+    return assistant, ids
+
+
+def run(core, assistant, selector, k, seed=0):
+    index = core.index()
+    query = core.embedder.embed_one(QUERY) if selector in ("similarity", "mmr") else None
+    return select(
+        selector, index, assistant.id, k, query, core.examples.all_ids(assistant.id), seed=seed
+    )
+
+
+def mean_pairwise_similarity(core, assistant_id, ids):
+    vectors = core.index().vectors(assistant_id, ids)
+    sims = [float(vectors[a] @ vectors[b]) for a, b in itertools.combinations(ids, 2)]
+    return sum(sims) / len(sims)
+
+
+def test_similarity_returns_the_most_similar_inputs_best_first(core, support):
+    assistant, ids = support
+    chosen = run(core, assistant, "similarity", 4)
+    vectors = core.embedder.embed(PASSWORD_NEAR_DUPLICATES + OTHERS)
+    exact = vectors @ core.embedder.embed_one(QUERY)
+    expected = [ids[t] for t in np.array(PASSWORD_NEAR_DUPLICATES + OTHERS)[np.argsort(-exact)[:4]]]
+    assert chosen.ids == expected
+    assert chosen.scores == sorted(chosen.scores, reverse=True)
+    assert chosen.scores[0] == pytest.approx(float(exact.max()), abs=1e-4)
+
+
+def test_mmr_picks_more_diverse_examples_than_similarity(core, support):
+    assistant, ids = support
+    similar = run(core, assistant, "similarity", 3)
+    diverse = run(core, assistant, "mmr", 3)
+    assert len(diverse.ids) == 3 == len(set(diverse.ids))
+    assert diverse.ids[0] == similar.ids[0]  # the most relevant one is still taken first
+    duplicates = {ids[t] for t in PASSWORD_NEAR_DUPLICATES}
+    assert set(similar.ids) <= duplicates  # similarity: three phrasings of one question
+    assert len(set(diverse.ids) - duplicates) >= 1
+    assert mean_pairwise_similarity(core, assistant.id, diverse.ids) < mean_pairwise_similarity(
+        core, assistant.id, similar.ids
+    )
+
+
+def test_mmr_with_lambda_one_is_similarity():
+    rng = np.random.default_rng(0)
+    vectors = [v / np.linalg.norm(v) for v in rng.normal(size=(10, 8)).astype(np.float32)]
+    scores = [0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.4, 0.6, 0.0]
+    assert mmr(vectors, scores, 4, 1.0) == [0, 6, 3, 8]
+    assert mmr([], [], 4, 0.5) == []
+    assert len(mmr(vectors, scores, 20, 0.5)) == 10  # never more than the candidates
+
+
+def test_random_is_stable_for_a_seed_and_differs_across_seeds(core, support):
+    assistant, ids = support
+    first = run(core, assistant, "random", 4, seed=1234)
+    assert first.ids == run(core, assistant, "random", 4, seed=1234).ids
+    assert set(first.ids) <= set(ids.values())
+    assert len(set(first.ids)) == 4
+    picks = {tuple(run(core, assistant, "random", 4, seed=seed).ids) for seed in range(8)}
+    assert len(picks) > 1
+    assert first.scores == [None] * 4
+
+
+def test_random_is_seeded_per_conversation(core, support):
+    core.assistants.edit(TERMINAL, "support", selector="random", k=3)
+    conversation = core.chat.start(TERMINAL, "support")
+    picks = []
+    for message in ("first message", "a completely different second message"):
+        prepared = core.chat.prepare(TERMINAL, conversation.id, message)
+        core.chat.record(prepared, TERMINAL, {"content": "ok", "model": "local:x"})
+        picks.append(sorted(e.id for e in prepared.examples))
+    assert picks[0] == picks[1]
+    # Other conversations have their own seeds, so some pick differently.
+    others = set()
+    for _ in range(6):
+        other = core.chat.start(TERMINAL, "support")
+        others.add(
+            tuple(sorted(e.id for e in core.chat.prepare(TERMINAL, other.id, "hi").examples))
+        )
+    assert len(others | {tuple(picks[0])}) > 1
+
+
+def test_fixed_is_the_first_k_by_id(core, support):
+    assistant, ids = support
+    chosen = run(core, assistant, "fixed", 3)
+    assert chosen.ids == sorted(ids.values())[:3]
+    core.assistants.edit(TERMINAL, "support", selector="fixed", k=2)
+    conversation = core.chat.start(TERMINAL, "support")
+    prepared = core.chat.prepare(TERMINAL, conversation.id, "anything at all")
+    assert [e.id for e in prepared.examples] == sorted(ids.values())[:2]
+
+
+@pytest.mark.parametrize("selector", ["similarity", "mmr", "random", "fixed"])
+def test_k_zero_gives_none(core, support, selector):
+    assistant, _ = support
+    assert run(core, assistant, selector, 0).ids == []
+    core.assistants.edit(TERMINAL, "support", selector=selector, k=0)
+    conversation = core.chat.start(TERMINAL, "support")
+    prepared = core.chat.prepare(TERMINAL, conversation.id, QUERY)
+    assert prepared.examples == []
+    assert [m["role"] for m in prepared.messages] == ["system", "user"]
+
+
+@pytest.mark.parametrize("selector", ["similarity", "mmr", "random", "fixed"])
+def test_k_larger_than_the_examples_gives_them_all(core, support, selector):
+    assistant, ids = support
+    assert sorted(run(core, assistant, selector, 25).ids) == sorted(ids.values())
+
+
+def test_an_assistant_without_examples_selects_none(core):
+    empty = core.assistants.create(TERMINAL, "empty", "Nothing yet.")
+    for selector in ("similarity", "mmr", "random", "fixed"):
+        assert run(core, empty, selector, 4).ids == []
