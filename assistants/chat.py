@@ -17,7 +17,7 @@ from sqlite_utils import Database
 
 from assistants.actor import Actor
 from assistants.assistant import Assistant, Assistants, is_visible, now
-from assistants.errors import InvalidInput, NotFound, ProviderError
+from assistants.errors import InvalidInput, NotFound, PermissionDenied, ProviderError
 from assistants.examples import Example, Examples
 from assistants.prompt import PromptTooLong, build_prompt
 from assistants.providers import ModelRef, Providers
@@ -117,7 +117,29 @@ class Chat:
         assistant = self.assistants.get(actor, name)
         return self._start(actor, assistant, channel_id, thread_id, frontend)
 
-    def _start(self, actor, assistant, channel_id, thread_id, frontend) -> Conversation:
+    def start_for(
+        self,
+        actor: Actor,
+        assistant_id: int,
+        *,
+        channel_id: str | None = None,
+        thread_id: str | None = None,
+        frontend: str = "cli",
+    ) -> Conversation:
+        """Start a conversation with an assistant known by id (e.g. a channel's bound one)."""
+        assistant = self.assistants.by_id(assistant_id)
+        if not is_visible(actor, assistant):
+            raise NotFound("That assistant is not available here.")
+        return self._start(actor, assistant, channel_id, thread_id, frontend)
+
+    def _start(
+        self,
+        actor: Actor,
+        assistant: Assistant,
+        channel_id: str | None,
+        thread_id: str | None,
+        frontend: str,
+    ) -> Conversation:
         row = {
             "assistant_id": assistant.id,
             "user_id": actor.user_id,
@@ -152,8 +174,21 @@ class Chat:
         rows = list(
             self.db.query(
                 "SELECT c.* FROM conversations c JOIN messages m ON m.conversation_id = c.id "
-                "WHERE m.external_id = ?",
+                "JOIN external_ids x ON x.message_id = m.id WHERE x.external_id = ?",
                 [str(external_id)],
+            )
+        )
+        return Conversation(**rows[0]) if rows else None
+
+    def conversation_for_channel(
+        self, channel_id: str, assistant_id: int, user_id: str | None = None
+    ) -> Conversation | None:
+        """The latest conversation with an assistant in a channel (for DMs: of that user)."""
+        rows = list(
+            self.db.query(
+                "SELECT * FROM conversations WHERE channel_id = ? AND assistant_id = ? "
+                "AND (? IS NULL OR user_id = ?) ORDER BY id DESC LIMIT 1",
+                [str(channel_id), assistant_id, user_id, user_id],
             )
         )
         return Conversation(**rows[0]) if rows else None
@@ -165,9 +200,11 @@ class Chat:
             )
 
     def set_external_id(self, message_id: int, external_id: str) -> None:
+        """Link a frontend message to a stored one; a reply split in parts links each part."""
         with self.lock, self.db.conn:
             self.db.execute(
-                "UPDATE messages SET external_id = ? WHERE id = ?", [str(external_id), message_id]
+                "INSERT OR REPLACE INTO external_ids (external_id, message_id) VALUES (?, ?)",
+                [str(external_id), message_id],
             )
 
     def history(self, conversation_id: int) -> list[dict[str, Any]]:
@@ -181,8 +218,10 @@ class Chat:
     # -- bindings and preferences --------------------------------------------------------------
 
     def bind(self, actor: Actor, channel_id: str, name: str | None) -> Assistant | None:
-        """Bind a channel or thread to an assistant (None unbinds). Needs Manage Server in a
-        guild, or being the assistant's owner."""
+        """Bind a channel or thread to an assistant (None unbinds). In a guild a channel is the
+        guild's to configure, so it needs Manage Server; a DM channel is the user's own."""
+        if actor.guild_id and not actor.can_manage_guild:
+            raise PermissionDenied("Binding a channel to an assistant needs Manage Server.")
         with self.lock, self.db.conn:
             if name is None or name.strip().lower() == "none":
                 self.db.execute("DELETE FROM bindings WHERE channel_id = ?", [str(channel_id)])
@@ -259,12 +298,16 @@ class Chat:
                         "role": "user",
                         "user_id": actor.user_id,
                         "content": text,
-                        "external_id": str(external_id) if external_id else None,
                         "created_at": now(),
                     }
                 )
                 .last_pk  # type: ignore[arg-type]
             )
+            if external_id:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO external_ids (external_id, message_id) VALUES (?, ?)",
+                    [str(external_id), user_message_id],
+                )
             self._remember(actor.user_id, assistant.id)
         return Prepared(
             assistant=assistant,

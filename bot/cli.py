@@ -239,6 +239,48 @@ def assistant_restore(name: NameArg, version: int) -> None:
     typer.echo(f"Restored {restored.name} to version {version} (now version {restored.version}).")
 
 
+@assistant_app.command("export")
+def assistant_export(
+    name: NameArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file instead of stdout.")
+    ] = None,
+) -> None:
+    """Export an assistant (definition and examples) as one JSON file."""
+    from assistants.transfer import export_assistant
+
+    core = open_core()
+    text = (
+        json.dumps(run(export_assistant, core, TERMINAL, name), ensure_ascii=False, indent=2) + "\n"
+    )
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        fail(f"Cannot write {output}: {exc.strerror}.")
+
+
+@assistant_app.command("import")
+def assistant_import(
+    file: Annotated[Path, typer.Argument(help="A file from `assistant export`.")],
+    name: Annotated[str | None, typer.Option(help="Another name for it.")] = None,
+) -> None:
+    """Create an assistant from an exported file (all or nothing)."""
+    from assistants.transfer import import_assistant
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"Cannot read {file}: {exc.strerror}.")
+    core = open_core()
+    assistant, result = run(import_assistant, core, TERMINAL, data, name=name)
+    typer.echo(f"Imported {assistant.name} with {result.added} examples.")
+
+
 # -- examples --------------------------------------------------------------------------------
 
 
@@ -489,6 +531,19 @@ def serve(
 
     settings = run(load_settings)
     run_server(settings, host=host, port=port, idle_timeout=idle_timeout or 0)
+
+
+@app.command("bot")
+def discord_bot() -> None:
+    """Run the Discord bot (DISCORD_TOKEN; see docs/discord.md)."""
+    from bot.discord import MissingToken, run_bot
+    from storage import load_settings
+
+    settings = run(load_settings)
+    try:
+        run_bot(settings)
+    except (MissingToken, ValueError) as exc:
+        fail(str(exc))
 
 
 @app.command("reindex")

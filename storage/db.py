@@ -9,7 +9,9 @@ fine-tuned model, promotions with their evaluation).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -148,16 +150,77 @@ def m001_initial(db: Database) -> None:
         db.execute(statement)
 
 
-def open_db(path: str | Path) -> Database:
-    """Open (creating if needed) the database, in WAL mode with foreign keys, and migrate it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # check_same_thread=False: the core hands work to threads; every write holds the core's lock.
+@migrations()
+def m002_external_ids(db: Database) -> None:
+    # A reply a frontend splits into several messages (Discord's 2,000-character limit) has one
+    # external id per part; any of them continues the conversation.
+    db.execute(
+        """CREATE TABLE external_ids (
+            external_id TEXT PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE
+        )"""
+    )
+    db.execute("CREATE INDEX external_ids_message ON external_ids (message_id)")
+    db.execute(
+        "INSERT INTO external_ids (external_id, message_id) "
+        "SELECT external_id, id FROM messages WHERE external_id IS NOT NULL"
+    )
+    db.execute("DROP INDEX messages_external")
+    db.execute("ALTER TABLE messages DROP COLUMN external_id")
+
+
+def _connect(path: Path) -> Database:
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
     db = Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA foreign_keys=ON")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=30000")
-    migrations.apply(db)
     return db
+
+
+class ThreadLocalDatabase:
+    """A sqlite-utils Database per thread, behind one object.
+
+    The core runs work in threads (asyncio.to_thread), and sqlite-utils wraps each query in a
+    SAVEPOINT on its connection: two threads sharing one connection interleave savepoints and
+    fail. One connection per thread lets reads run side by side (WAL) while SQLite serialises
+    the writes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[Database] = []
+        self._guard = threading.Lock()
+
+    def database(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = _connect(self.path)
+            self._local.db = db
+            with self._guard:
+                self._all.append(db)
+        return db
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.database(), name)
+
+    def close(self) -> None:
+        with self._guard:
+            for db in self._all:
+                db.conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def open_db(path: str | Path) -> Database:
+    """Open (creating if needed) the database, in WAL mode with foreign keys, and migrate it.
+
+    Returns a per-thread database (ThreadLocalDatabase) that behaves as a sqlite-utils Database.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = ThreadLocalDatabase(path)
+    migrations.apply(db.database())
+    return db  # type: ignore[return-value]

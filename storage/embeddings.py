@@ -36,6 +36,8 @@ class Embedder:
         # other processes keep the second core (with both busy, two threads ran 20x slower here).
         self.threads = threads
         self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Waiter] = []
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -81,4 +83,39 @@ class Embedder:
         return pooled.numpy().astype(np.float32)
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        """Embed one text. Calls that arrive while the model is busy are embedded together in
+        one batch by whichever caller gets the model next: no waiting is added, and a burst of
+        messages (many users at once) costs a few batches instead of one forward pass each."""
+        waiter: _Waiter = _Waiter(text)
+        with self._pending_lock:
+            self._pending.append(waiter)
+        with self._lock:
+            if not waiter.done.is_set():
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                if self._model is None:
+                    self._load()
+                try:
+                    vectors = self._embed_batch([w.text for w in batch])
+                except BaseException as exc:
+                    for w in batch:
+                        w.error = exc
+                        w.done.set()
+                    raise
+                for w, vector in zip(batch, vectors, strict=True):
+                    w.vector = vector
+                    w.done.set()
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.vector is not None
+        return waiter.vector
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "text", "vector")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.vector: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()

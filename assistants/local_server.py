@@ -1,0 +1,214 @@
+"""Find the local `fewtune serve`, or start one on demand (the `local:` provider's endpoint).
+
+A running server advertises itself in FEWTUNE_HOME/server.json ({pid, url, ...}) and its bearer
+token in FEWTUNE_HOME/server.token. When none answers, one is started detached as
+`python -m training.server --port 0 --idle-timeout <settings.server.idle_timeout>`, its output
+in FEWTUNE_HOME/logs/server.log, under a file lock so that concurrent callers start only one.
+This module talks HTTP only: it never imports torch, transformers or the server's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from assistants.errors import ProviderError
+from storage.settings import Settings
+
+TOKEN_ENV = "FEWTUNE_SERVER_TOKEN"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent  # so the child finds `training`
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """How to reach the local server with an OpenAI client."""
+
+    base_url: str  # ends with /v1
+    token: str
+    pid: int | None = None
+
+
+def ensure_local_server(settings: Settings) -> LocalServer:
+    """The running local server, else a new one started and ready (raises ProviderError)."""
+    found = _answering(settings)
+    if found is not None:
+        return found
+    with _file_lock(settings.home / "server.lock"):
+        found = _answering(settings)  # another caller may have started it while we waited
+        if found is not None:
+            return found
+        return _start(settings)
+
+
+def stop_local_server(settings: Settings, timeout: float = 10.0) -> bool:
+    """Stop the server named in server.json (SIGTERM, then SIGKILL); True if one was stopped."""
+    info = _read_info(settings)
+    pid = info.get("pid") if info else None
+    if not isinstance(pid, int) or not _alive(pid) or not _looks_like_server(pid):
+        _unlink(settings.home / "server.json")
+        return False
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5.0)
+    _unlink(settings.home / "server.json")  # gone after SIGKILL too, which skips its cleanup
+    return True
+
+
+# -- finding ---------------------------------------------------------------------------------
+
+
+def _read_info(settings: Settings) -> dict | None:
+    try:
+        data = json.loads((settings.home / "server.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _token(settings: Settings) -> str:
+    try:
+        return (settings.home / "server.token").read_text(encoding="utf-8").strip()
+    except OSError:
+        return os.environ.get(TOKEN_ENV, "")
+
+
+def _answering(settings: Settings, pid: int | None = None) -> LocalServer | None:
+    """The server in server.json if its process lives and GET /models answers with our token."""
+    info = _read_info(settings)
+    if not info or not isinstance(info.get("pid"), int) or not isinstance(info.get("url"), str):
+        return None
+    if (pid is not None and info["pid"] != pid) or not _alive(info["pid"]):
+        return None
+    token = _token(settings)
+    try:
+        response = httpx.get(
+            f"{info['url'].rstrip('/')}/models",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=3.0,
+        )
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return LocalServer(base_url=info["url"].rstrip("/"), token=token, pid=info["pid"])
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child (else a zombie)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _looks_like_server(pid: int) -> bool:
+    """Guard against a recycled pid before sending a signal to it."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return True  # no /proc here: trust server.json
+    return b"training.server" in cmdline or b"fewtune" in cmdline
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- starting --------------------------------------------------------------------------------
+
+
+def _start(settings: Settings) -> LocalServer:
+    log_path = settings.home / "logs" / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "training.server",
+        "--port",
+        "0",
+        "--idle-timeout",
+        str(settings.server.idle_timeout),
+    ]
+    env = dict(os.environ, FEWTUNE_HOME=str(settings.home), HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        log.write(f"--- starting: {' '.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(settings.home),
+            start_new_session=True,  # survives the caller's Ctrl-C; stops when idle
+        )
+    deadline = time.monotonic() + settings.server.start_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ProviderError(
+                f"The local model server exited with code {process.returncode} while "
+                f"starting; the end of {log_path}:\n{_log_tail(log_path, offset)}"
+            )
+        found = _answering(settings, pid=process.pid)
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    raise ProviderError(
+        f"The local model server did not answer within {settings.server.start_timeout:.0f} s "
+        f"(raise [server] start_timeout in fewtune.toml); the end of {log_path}:\n"
+        f"{_log_tail(log_path, offset)}"
+    )
+
+
+def _log_tail(path: Path, offset: int, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"

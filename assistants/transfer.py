@@ -1,0 +1,78 @@
+"""An assistant as one JSON file: its definition and its examples (`/assistant export|import`).
+
+Used by `/assistant export|import` in Discord and `fewtune assistant export|import`. Import is
+all or nothing: if the examples are refused, the assistant just created is deleted again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from assistants.actor import Actor
+from assistants.assistant import Assistant
+from assistants.core import Core
+from assistants.errors import FewtuneError, ImportRejected
+from assistants.examples import ImportResult
+
+FORMAT = "fewtune-assistant"
+VERSION = 1
+DEFINITION = (
+    "name",
+    "description",
+    "instructions",
+    "starters",
+    "visibility",
+    "model",
+    "k",
+    "selector",
+    "temperature",
+    "max_tokens",
+)
+
+
+def export_assistant(core: Core, actor: Actor, name: str) -> dict[str, Any]:
+    """The definition and examples of an assistant the actor may manage (else PermissionDenied)."""
+    assistant = core.assistants.get_managed(actor, name, "export")
+    lines = core.examples.export(actor, assistant.name, "jsonl").splitlines()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "assistant": {k: getattr(assistant, k) for k in DEFINITION},
+        "examples": [json.loads(line) for line in lines if line.strip()],
+    }
+
+
+def import_assistant(
+    core: Core, actor: Actor, data: bytes, *, name: str | None = None
+) -> tuple[Assistant, ImportResult]:
+    """Create an assistant (in the actor's scope, owned by the actor) from an exported file."""
+    try:
+        bundle = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImportRejected(
+            f"The file is not JSON exported by `/assistant export` ({exc})."
+        ) from exc
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise ImportRejected("The file is not an assistant exported by `/assistant export`.")
+    if bundle.get("version") != VERSION:
+        raise ImportRejected(f"The file has format version {bundle.get('version')!r}; expected 1.")
+    definition = bundle.get("assistant")
+    examples = bundle.get("examples", [])
+    if not isinstance(definition, dict) or not isinstance(examples, list):
+        raise ImportRejected("The file needs an 'assistant' object and an 'examples' list.")
+    values = {k: definition[k] for k in DEFINITION if k in definition and k != "name"}
+    if "instructions" not in values:
+        raise ImportRejected("The assistant in the file has no instructions.")
+    assistant = core.assistants.create(
+        actor, name or str(definition.get("name", "")), values.pop("instructions"), **values
+    )
+    if not examples:
+        return assistant, ImportResult(added=0, duplicates=0)
+    jsonl = "\n".join(json.dumps(e, ensure_ascii=False) for e in examples).encode()
+    try:
+        result = core.examples.import_data(actor, assistant.name, "examples.jsonl", jsonl)
+    except FewtuneError:
+        core.assistants.delete(actor, assistant.name)
+        raise
+    return assistant, result

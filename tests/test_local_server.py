@@ -1,0 +1,139 @@
+"""ensure_local_server: finds, starts (once), restarts and stops the on-demand `fewtune serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+try:
+    from tests.server_fixtures import make_tiny_model, write_settings
+except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
+    from server_fixtures import make_tiny_model, write_settings
+
+from assistants.errors import ProviderError
+from assistants.local_server import LocalServer, ensure_local_server, stop_local_server
+from storage.settings import Settings
+
+
+@pytest.fixture
+def echo_settings(fewtune_home: Path):
+    settings = write_settings(fewtune_home, model="echo", idle_timeout=0, start_timeout=60)
+    yield settings
+    stop_local_server(settings)
+
+
+def starts(settings: Settings) -> int:
+    return (settings.home / "logs" / "server.log").read_text().count("--- starting")
+
+
+def ask(server: LocalServer, text: str = "hi") -> str:
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.token, max_retries=0)
+    reply = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": text}]
+    )
+    return reply.choices[0].message.content or ""
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap our own exited child
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_starts_once_then_reuses(echo_settings: Settings) -> None:
+    first = ensure_local_server(echo_settings)
+    assert ask(first) == "echo: hi"
+    info = json.loads((echo_settings.home / "server.json").read_text())
+    assert info["pid"] == first.pid and info["model"] == "echo"
+    assert info["url"] == first.base_url and not info["url"].endswith(":0/v1")
+    token_file = echo_settings.home / "server.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert token_file.read_text() == first.token
+    second = ensure_local_server(echo_settings)
+    assert second == first
+    assert starts(echo_settings) == 1
+
+
+def test_restarts_after_kill(echo_settings: Settings) -> None:
+    first = ensure_local_server(echo_settings)
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    assert wait_gone(first.pid, 10)
+    second = ensure_local_server(echo_settings)
+    assert second.pid != first.pid
+    assert ask(second, "again") == "echo: again"
+    assert starts(echo_settings) == 2
+
+
+def test_concurrent_callers_get_one_server(echo_settings: Settings) -> None:
+    results: list[LocalServer] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(ensure_local_server(echo_settings)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 3
+    assert len({r.pid for r in results}) == 1
+    assert starts(echo_settings) == 1
+
+
+def test_stop_removes_server_json(echo_settings: Settings) -> None:
+    server = ensure_local_server(echo_settings)
+    assert stop_local_server(echo_settings) is True
+    assert server.pid is not None and wait_gone(server.pid, 10)
+    assert not (echo_settings.home / "server.json").exists()
+    assert stop_local_server(echo_settings) is False
+
+
+def test_idle_timeout_stops_the_server(fewtune_home: Path) -> None:
+    settings = write_settings(fewtune_home, model="echo", idle_timeout=1.5, start_timeout=60)
+    server = ensure_local_server(settings)
+    assert ask(server) == "echo: hi"
+    assert server.pid is not None
+    assert wait_gone(server.pid, 15), "the idle server did not stop"
+    assert not (settings.home / "server.json").exists()
+    assert "stopping" in (settings.home / "logs" / "server.log").read_text()
+
+
+def test_failed_start_quotes_the_log(fewtune_home: Path) -> None:
+    settings = write_settings(fewtune_home, model="/nonexistent/model", start_timeout=60)
+    with pytest.raises(ProviderError) as caught:
+        ensure_local_server(settings)
+    message = str(caught.value)
+    assert "exited with code 1" in message
+    assert "/nonexistent/model does not exist" in message
+
+
+@pytest.mark.slow
+def test_real_model_served_on_demand(fewtune_home: Path) -> None:
+    model = make_tiny_model(fewtune_home / "tiny")
+    settings = write_settings(fewtune_home, model=str(model), idle_timeout=0, start_timeout=120)
+    try:
+        server = ensure_local_server(settings)
+        client = openai.OpenAI(base_url=server.base_url, api_key=server.token, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny", "echo"]
+        reply = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens >= 1
+    finally:
+        stop_local_server(settings)

@@ -1,0 +1,155 @@
+"""Token-by-token decoding for the chat engine: sampling, the decode loop, stop strings.
+
+A hand-written loop (instead of `model.generate`) so that every token can be streamed as soon as
+it exists, a cancelled request stops at the next token, and per-token work stays small.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. temperature 0 means greedy (deterministic)."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> int:
+    """One token id from the last position's logits (shape [vocab])."""
+    if params.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # Keep the smallest set of tokens whose probability reaches top_p (always at least one).
+        outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
+        sorted_probs[outside] = 0.0
+        pick = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[pick])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class Stepper(Protocol):
+    """Runs a model one step at a time: the prompt first, then each token generated."""
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Feed the prompt; the logits for the next token [vocab]."""
+        ...
+
+    def next(self, token: int) -> torch.Tensor:
+        """Feed one generated token; the logits for the token after it."""
+        ...
+
+
+class TransformersStepper:
+    """Any transformers causal LM (or peft model) with a DynamicCache."""
+
+    def __init__(self, model: Any, device: str = "cpu") -> None:
+        self.model = model
+        self.device = device
+        self.cache: Any = None
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=_config(self.model))  # updated in place by forward
+        ids = torch.tensor([prompt_ids], device=self.device)
+        return self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[
+            0, -1
+        ]
+
+    def next(self, token: int) -> torch.Tensor:
+        ids = torch.tensor([[token]], device=self.device)
+        return self.model(input_ids=ids, cache=self.cache, use_cache=True).logits[0, -1]
+
+
+def _config(model: Any) -> Any:
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+
+
+def decode_loop(
+    stepper: Stepper,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    eos_ids: set[int],
+    cancel: threading.Event | None = None,
+) -> Iterator[int]:
+    """Yield generated token ids one by one; stops at an end token, max_tokens or `cancel`."""
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator().manual_seed(params.seed)
+    with torch.inference_mode():
+        logits = stepper.start(prompt_ids)
+        for _ in range(params.max_tokens):
+            if cancel is not None and cancel.is_set():
+                return
+            token = sample_token(logits.float().cpu(), params, generator)
+            yield token
+            if token in eos_ids:
+                return
+            logits = stepper.next(token)
+
+
+class TextAssembler:
+    """Turns generated token ids into text deltas, holding back what could start a stop string.
+
+    The whole completion is decoded each time (cheap at chat lengths) so multi-token characters
+    and leading spaces come out right; a trailing U+FFFD means a character is not complete yet.
+    """
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
+        self._tokenizer = tokenizer
+        self._stop = tuple(s for s in stop if s)
+        self._ids: list[int] = []
+        self._emitted = 0
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        """Add one token; return the new text that is safe to show (may be empty)."""
+        self._ids.append(token)
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        hits = [
+            i for i in (text.find(s, max(0, self._emitted - len(s))) for s in self._stop) if i >= 0
+        ]
+        if hits:
+            self.stopped = True
+            return self._emit(text, min(hits))
+        end = len(text) - 1 if text.endswith("\ufffd") else len(text)
+        hold = 0
+        for s in self._stop:  # hold back a suffix that may grow into a stop string
+            for n in range(min(len(s) - 1, end), 0, -1):
+                if text[end - n : end] == s[:n]:
+                    hold = max(hold, n)
+                    break
+        return self._emit(text, end - hold)
+
+    def finish(self) -> str:
+        """The text still held back when generation ends without a stop string."""
+        if self.stopped:
+            return ""
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        return self._emit(text, len(text))
+
+    def _emit(self, text: str, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        delta = text[self._emitted : upto]
+        self._emitted = upto
+        return delta
+
+    @property
+    def token_count(self) -> int:
+        return len(self._ids)

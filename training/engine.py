@@ -1,0 +1,448 @@
+"""ChatEngine: one base model in memory, LoRA adapters switched per request, and `echo`.
+
+- The base model loads once (fp32 on CPU, bf16 on CUDA). Adapters under
+  `settings.adapters_path/<name>/` (PEFT format) load with peft on first use and are switched per
+  request by name; the base is never reloaded. An adapter republished under the same name (its
+  weights file changed) is loaded again.
+- Generation runs in one worker thread, one request at a time, so the event loop never blocks and
+  requests never fight over the CPU; tokens are streamed to the caller as they are produced.
+- `echo` needs no weights: it answers "echo: <last user message>" after
+  `settings.server.echo_delay` seconds, in a few chunks. Tests and benchmarks use it as an
+  instant or fixed-latency model behind the real server. A server whose base model is "echo"
+  loads nothing at all (and never imports torch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.settings import Settings
+from training.base_models import public_name, resolve_base_model
+from training.served_adapters import adapter_dir, list_adapters
+
+log = logging.getLogger(__name__)
+
+ECHO_MODEL = "echo"
+DEFAULT_MAX_TOKENS = 512
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve; `status` and `code` say how the server reports it."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class UnknownModelError(EngineError):
+    status = 404
+    code = "model_not_found"
+
+
+class ContextLengthError(EngineError):
+    code = "context_length_exceeded"
+
+
+class AdapterLoadError(EngineError):
+    status = 500
+    code = "adapter_load_failed"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling options of one request (the engine's view of an OpenAI request)."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """A piece of a streamed answer; the last one has `finish_reason` and `usage`."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A validated request: canonical model id and the prompt already tokenized."""
+
+    model: str
+    messages: tuple[dict[str, str], ...]
+    sampling: Sampling
+    prompt_ids: tuple[int, ...] = ()
+
+
+_DONE = object()
+
+
+class ChatEngine:
+    """Serves chat completions for one base model, its adapters, and `echo`."""
+
+    def __init__(self, settings: Settings, model: str | None = None) -> None:
+        self.settings = settings
+        self.base_name = model if model is not None else settings.server.model
+        self.echo_only = self.base_name.strip().lower() == ECHO_MODEL
+        self.base_model = ECHO_MODEL if self.echo_only else public_name(self.base_name)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewtune-gen")
+        self._load_lock = threading.Lock()
+        self._model: Any = None
+        self._peft: Any = None
+        self._tokenizer: Any = None
+        self._eos_ids: set[int] = set()
+        self._context = 0
+        self._device = "cpu"
+        self._adapters: dict[str, tuple[str, int]] = {}  # public name -> (peft name, mtime)
+        self._fast: Any = None  # FastLlama when the lean CPU decoder applies
+        self._fast_adapters: dict[str, tuple[Any, int]] = {}  # name -> (LoraAdapter|None, mtime)
+        self._adapter_counter = itertools.count()
+
+    # -- models -------------------------------------------------------------------------
+
+    def model_ids(self) -> list[str]:
+        """Every model id served: the base model, `echo`, then each adapter."""
+        if self.echo_only:
+            return [ECHO_MODEL]
+        return [self.base_model, ECHO_MODEL, *list_adapters(self.settings.adapters_path)]
+
+    def resolve(self, model: str) -> str:
+        """The canonical id for `model`, or UnknownModelError naming what is served."""
+        if model == ECHO_MODEL or model == self.base_model:
+            return model
+        if not self.echo_only:
+            if model == self.base_name or public_name(model) == self.base_model:
+                return self.base_model
+            if adapter_dir(self.settings.adapters_path, model) is not None:
+                return model
+        served = ", ".join(self.model_ids())
+        raise UnknownModelError(f"Model {model!r} is not served here; served models: {served}.")
+
+    @property
+    def loaded(self) -> bool:
+        return self.echo_only or self._model is not None
+
+    def load(self) -> None:
+        """Load the base model and tokenizer (blocking; converts the embedded GGUF once)."""
+        if self.echo_only:
+            return
+        with self._load_lock:
+            if self._model is not None:
+                return
+            source = resolve_base_model(self.base_name, self.settings)  # fails fast, no torch
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = torch.bfloat16 if self._device == "cuda" else torch.float32
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            except OSError as exc:
+                raise EngineError(
+                    f"Base model {self.base_name!r} cannot be loaded ({exc}). Name the embedded "
+                    "SmolLM2-135M-Instruct, a local model folder, or a Hugging Face model that "
+                    "is in the local cache."
+                ) from exc
+            model.to(self._device).eval()
+            self._tokenizer = tokenizer
+            self._eos_ids = _eos_ids(model, tokenizer)
+            self._context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+            self._model = model
+            self._fast = self._fast_decoder(model)
+            log.info("loaded base model %s from %s on %s", self.base_model, source, self._device)
+
+    def _fast_decoder(self, model: Any) -> Any:
+        """A FastLlama over `model` where settings allow and it reproduces the model exactly."""
+        server = self.settings.server
+        if self._device != "cpu" or not server.fast_decode:
+            return None
+        from training import fast_llama
+
+        if not fast_llama.supports(model):
+            log.info("fast decoder: %s is not a plain Llama; using transformers", self.base_model)
+            return None
+        log.info("fast decoder on (int8 weights: %s)", server.int8_weights)
+        return fast_llama.FastLlama(model, int8=server.int8_weights)
+
+    @property
+    def decoder(self) -> str:
+        """Which decoder serves the base model: "fast-int8", "fast-fp32" or "transformers"."""
+        if self._fast is None:
+            return "transformers"
+        return "fast-int8" if self._fast.int8 else "fast-fp32"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def prepare(
+        self, model: str, messages: list[dict[str, str]], sampling: Sampling
+    ) -> PreparedChat:
+        """Check the model and tokenize the prompt; raises EngineError before any output."""
+        model_id = self.resolve(model)
+        if not messages:
+            raise EngineError("messages must hold at least one message.")
+        if model_id == ECHO_MODEL:
+            return PreparedChat(ECHO_MODEL, tuple(messages), sampling)
+        loop = asyncio.get_running_loop()
+        # Tokenizing runs in the generation thread too: the tokenizer is not shared across threads.
+        ids = await loop.run_in_executor(self._executor, self._prompt_ids, messages)
+        if self._context and len(ids) >= self._context:
+            raise ContextLengthError(
+                f"The prompt has {len(ids)} tokens but {self.base_model} reads at most "
+                f"{self._context}; shorten the conversation."
+            )
+        return PreparedChat(model_id, tuple(messages), sampling, tuple(ids))
+
+    async def stream(self, chat: PreparedChat) -> AsyncIterator[ChatDelta]:
+        """Yield the answer as it is generated; the last delta carries finish_reason and usage."""
+        if chat.model == ECHO_MODEL:
+            async for delta in self._echo(chat):
+                yield delta
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def send(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                cancel.set()
+
+        def work() -> None:
+            try:
+                if not cancel.is_set():
+                    self._generate(chat, send, cancel)
+            except BaseException as exc:  # handed to the caller, raised there
+                send(exc)
+            finally:
+                send(_DONE)
+
+        loop.run_in_executor(self._executor, work)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()  # the client went away or the caller stopped reading: stop generating
+
+    async def complete(self, chat: PreparedChat) -> ChatResult:
+        """The whole answer at once."""
+        parts: list[str] = []
+        last = ChatDelta("", "stop", Usage(len(chat.prompt_ids), 0))
+        async for delta in self.stream(chat):
+            parts.append(delta.text)
+            last = delta
+        assert last.usage is not None and last.finish_reason is not None
+        return ChatResult("".join(parts), last.finish_reason, last.usage)
+
+    async def chat(
+        self, model: str, messages: list[dict[str, str]], sampling: Sampling | None = None
+    ) -> ChatResult:
+        """prepare + complete in one call (for Python callers and tests)."""
+        return await self.complete(await self.prepare(model, messages, sampling or Sampling()))
+
+    # -- echo ---------------------------------------------------------------------------
+
+    async def _echo(self, chat: PreparedChat) -> AsyncIterator[ChatDelta]:
+        last_user = next(
+            (m["content"] for m in reversed(chat.messages) if m.get("role") == "user"), ""
+        )
+        text = f"echo: {last_user}"
+        finish = "stop"
+        for stop in chat.sampling.stop:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        words = text.split(" ")
+        limit = chat.sampling.max_tokens
+        if limit is not None and len(words) > limit:
+            words, finish = words[:limit], "length"
+        if self.settings.server.echo_delay > 0:
+            await asyncio.sleep(self.settings.server.echo_delay)
+        # One "token" per word, so usage is predictable; sent in up to four chunks.
+        pieces = [w + " " for w in words[:-1]] + words[-1:]
+        size = max(1, -(-len(pieces) // 4))
+        for start in range(0, len(pieces), size):
+            yield ChatDelta("".join(pieces[start : start + size]))
+            await asyncio.sleep(0)
+        prompt = sum(len(m.get("content", "").split()) for m in chat.messages)
+        yield ChatDelta("", finish, Usage(prompt, len(words)))
+
+    # -- generation (worker thread) -------------------------------------------------------
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        self.load()
+        tokenizer = self._tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            encoded = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+            return list(encoded["input_ids"])
+        # A base model without a chat template still answers, in a plain transcript format.
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return list(tokenizer(text)["input_ids"])
+
+    def _generate(
+        self, chat: PreparedChat, send: Callable[[ChatDelta], None], cancel: threading.Event
+    ) -> None:
+        from training.decoding import SamplingParams, TextAssembler, decode_loop
+
+        room = self._context - len(chat.prompt_ids) if self._context else DEFAULT_MAX_TOKENS
+        wanted = chat.sampling.max_tokens or DEFAULT_MAX_TOKENS
+        params = SamplingParams(
+            max_tokens=max(1, min(wanted, room)),
+            temperature=chat.sampling.temperature,
+            top_p=chat.sampling.top_p,
+            stop=chat.sampling.stop,
+            seed=chat.sampling.seed,
+        )
+        assembler = TextAssembler(self._tokenizer, params.stop)
+        finish = "length"
+        with self._stepper(chat.model) as stepper:
+            prompt = list(chat.prompt_ids)
+            for token in decode_loop(stepper, prompt, params, self._eos_ids, cancel):
+                if token in self._eos_ids:
+                    finish = "stop"
+                    break
+                delta = assembler.add(token)
+                if delta:
+                    send(ChatDelta(delta))
+                if assembler.stopped:
+                    finish = "stop"
+                    break
+        rest = assembler.finish()
+        if rest:
+            send(ChatDelta(rest))
+        # The end token counts as generated, as OpenAI counts it.
+        ended = finish == "stop" and not assembler.stopped
+        completion = assembler.token_count + (1 if ended else 0)
+        send(ChatDelta("", finish, Usage(len(chat.prompt_ids), completion)))
+
+    @contextlib.contextmanager
+    def _stepper(self, model_id: str) -> Iterator[Any]:
+        """What runs `model_id`: the fast decoder (base or a plain LoRA) or transformers/peft."""
+        from training.decoding import TransformersStepper
+
+        if self._fast is not None:
+            from training.fast_llama import FastStepper
+
+            if model_id == self.base_model:
+                yield FastStepper(self._fast)
+                return
+            lora = self._fast_adapter(model_id)
+            if lora is not None:
+                yield FastStepper(self._fast, lora)
+                return
+        if model_id == self.base_model:
+            if self._peft is None:
+                yield TransformersStepper(self._model, self._device)
+            else:
+                with self._peft.disable_adapter():
+                    yield TransformersStepper(self._peft, self._device)
+            return
+        internal = self._load_adapter(model_id)
+        self._peft.set_adapter(internal)
+        yield TransformersStepper(self._peft, self._device)
+
+    def _fast_adapter(self, name: str) -> Any:
+        """The adapter in the fast decoder's layout; None when only peft can apply it."""
+        from training.fast_llama import UnsupportedAdapter
+
+        folder = adapter_dir(self.settings.adapters_path, name)
+        if folder is None:
+            raise UnknownModelError(f"Adapter {name!r} is no longer served.")
+        stamp = (folder / "adapter_model.safetensors").stat().st_mtime_ns
+        known = self._fast_adapters.get(name)
+        if known is not None and known[1] == stamp:
+            return known[0]
+        try:
+            lora = self._fast.load_adapter(folder)
+        except UnsupportedAdapter as exc:
+            log.info("adapter %s goes through peft: %s", name, exc)
+            lora = None
+        except Exception as exc:
+            raise AdapterLoadError(
+                f"Adapter {name!r} cannot be loaded on base model {self.base_model}: {exc}"
+            ) from exc
+        self._fast_adapters[name] = (lora, stamp)
+        return lora
+
+    def _load_adapter(self, name: str) -> str:
+        folder = adapter_dir(self.settings.adapters_path, name)
+        if folder is None:
+            raise UnknownModelError(f"Adapter {name!r} is no longer served.")
+        stamp = (folder / "adapter_model.safetensors").stat().st_mtime_ns
+        known = self._adapters.get(name)
+        if known is not None and known[1] == stamp:
+            return known[0]
+        internal = f"adapter_{next(self._adapter_counter)}"  # peft names cannot hold dots
+        self._attach(folder, internal, name)
+        if known is not None:  # republished under the same name: drop the old weights
+            self._peft.delete_adapter(known[0])
+        self._adapters[name] = (internal, stamp)
+        log.info("loaded adapter %s from %s", name, folder)
+        return internal
+
+    def _attach(self, folder: Path, internal: str, name: str) -> None:
+        from peft import PeftModel
+
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(
+                    self._model, str(folder), adapter_name=internal, is_trainable=False
+                )
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(folder), adapter_name=internal, is_trainable=False)
+        except Exception as exc:
+            raise AdapterLoadError(
+                f"Adapter {name!r} cannot be loaded on base model {self.base_model}: {exc}"
+            ) from exc
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token that ends an answer: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
