@@ -141,4 +141,4 @@ class Core:
         return total
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.db.close()
