@@ -1,0 +1,156 @@
+"""One message end to end: the core and the CLI through the real openai client to a real
+`fewtune serve` (started on demand by the `local` provider) running a tiny model."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+try:
+    from tests.server_fixtures import make_tiny_model
+except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
+    from server_fixtures import make_tiny_model
+
+from assistants import TERMINAL, Core, ProviderError
+from assistants.local_server import stop_local_server
+from bot.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def local_core(fewtune_home, tiny_model, embedder, monkeypatch):
+    """A core whose `local` provider runs the tiny model; the server is stopped afterwards."""
+    (fewtune_home / "fewtune.toml").write_text(
+        f'[server]\nmodel = "{tiny_model}"\nidle_timeout = 0\nstart_timeout = 180\n'
+        '[chat]\ndefault_model = "local:tiny"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
+    core = Core.open(fewtune_home)
+    core.assistants.create(TERMINAL, "helper", "Answer with the number in digits.", k=2)
+    core.examples.import_data(
+        TERMINAL,
+        "helper",
+        "ex.jsonl",
+        b'{"input": "two", "output": "2"}\n{"input": "three", "output": "3"}\n'
+        b'{"input": "forty", "output": "40"}\n',
+    )
+    yield core
+    stop_local_server(core.settings)
+    core.close()
+
+
+def test_ask_json_replies_through_the_local_server_and_records_everything(local_core):
+    result = runner.invoke(app, ["ask", "helper", "three", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert isinstance(data["reply"], str)
+    assert data["model"] == "local:tiny"
+    assert [e["input"] for e in data["examples"]][-1] in {"two", "three", "forty"}
+    assert {"id", "input", "output"} <= set(data["examples"][0])
+    assert data["examples"][0]["input"] == "three"  # the most similar example ranks first
+    rows = list(local_core.db.query("SELECT * FROM messages ORDER BY id"))
+    assert [r["role"] for r in rows] == ["user", "assistant"]
+    reply = rows[1]
+    assert reply["model"] == "local:tiny"
+    assert [e["id"] for e in json.loads(reply["examples_used"])] == [
+        e["id"] for e in data["examples"]
+    ]
+    assert reply["prompt_tokens"] > 0 and reply["completion_tokens"] >= 1
+    assert reply["latency_ms"] > 0
+
+
+async def test_reply_streams_and_keeps_the_conversation(local_core):
+    conversation = local_core.chat.start(TERMINAL, "helper")
+    seen: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        seen.append(text)
+
+    first = await local_core.chat.reply(TERMINAL, conversation.id, "forty", on_delta=on_delta)
+    assert seen and all(b.startswith(a) for a, b in zip(seen, seen[1:], strict=False))
+    assert seen[-1].strip() == first.text
+    second = local_core.chat.prepare(TERMINAL, conversation.id, "and two?")
+    tail = second.messages[-3:]
+    assert [m["role"] for m in tail] == ["user", "assistant", "user"]
+    assert [m["content"] for m in tail] == ["forty", first.text, "and two?"]
+    await local_core.providers.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
+    fewtune_home, embedder, monkeypatch
+):
+    (fewtune_home / "fewtune.toml").write_text(
+        f'[providers.down]\nbase_url = "http://127.0.0.1:{closed_port()}/v1"\nmax_retries = 1\n'
+        "timeout = 5\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
+    core = Core.open(fewtune_home)
+    core.assistants.create(TERMINAL, "helper", "Answer.", model="down:any", k=0)
+    result = runner.invoke(app, ["ask", "helper", "hello"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: Could not reach provider 'down'; check that it is running and try again."
+    ]
+    rows = list(core.db.query("SELECT role, status, content FROM messages ORDER BY id"))
+    assert rows[0] == {"role": "user", "status": "ok", "content": "hello"}
+    assert rows[1]["status"] == "error"
+    with pytest.raises(ProviderError):
+        import asyncio
+
+        asyncio.run(core.chat.ask(TERMINAL, "helper", "again"))
+    core.close()
+
+
+def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core):
+    result = runner.invoke(app, ["chat", "helper"], input="two\n/new\nthree\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("helper> ") == 2
+    assert "[examples: #" in result.stdout
+    assert "(new conversation)" in result.stdout
+    conversations = local_core.db.execute("SELECT count(*) FROM conversations").fetchone()[0]
+    assert conversations == 2
+
+
+@pytest.mark.slow
+def test_promote_wait_evaluates_switches_downloads_and_rolls_back(local_core, tmp_path):
+    for i in range(12):
+        local_core.examples.add(TERMINAL, "helper", f"number {i} please", str(i))
+    result = runner.invoke(app, ["promote", "helper", "--wait", "--force", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "evaluation on" in result.stdout and "few_shot" in result.stdout
+    assert "switched: yes" in result.stdout  # --force switches whatever the scores
+    assistant = local_core.assistants.get(TERMINAL, "helper")
+    assert assistant.fine_tuned_model and assistant.fine_tuned_model.startswith("local:ft:tiny:")
+    promotion = local_core.promotions.latest(TERMINAL, "helper")
+    assert promotion.status == "succeeded" and promotion.evaluation["items"] >= 1
+    # The assistant now answers with its fine-tuned model.
+    asked = runner.invoke(app, ["ask", "helper", "two", "--json"])
+    assert json.loads(asked.stdout)["model"] == assistant.fine_tuned_model
+    status = runner.invoke(app, ["promote", "status", "helper"])
+    assert "succeeded" in status.stdout
+    target = tmp_path / "adapter"
+    downloaded = runner.invoke(app, ["adapter", "download", "helper", str(target)])
+    assert downloaded.exit_code == 0, downloaded.output
+    assert (target / "adapter_config.json").is_file()
+    assert (target / "adapter_model.safetensors").is_file()
+    back = runner.invoke(app, ["rollback", "helper"])
+    assert back.exit_code == 0 and "local:tiny" in back.stdout
+    assert local_core.assistants.get(TERMINAL, "helper").fine_tuned_model is None
