@@ -175,7 +175,7 @@ class ChatEngine:
                     "SmolLM2-135M-Instruct, a local model folder, or a Hugging Face model that "
                     "is in the local cache."
                 ) from exc
-            model.to(self._device).eval()
+            model.to(self._device).eval()  # type: ignore[arg-type]
             self._tokenizer = tokenizer
             self._eos_ids = _eos_ids(model, tokenizer)
             self._context = int(getattr(model.config, "max_position_embeddings", 0) or 0)

@@ -69,7 +69,7 @@ class _Linear:
     def __init__(self, weight: torch.Tensor, int8: bool) -> None:
         self.out_features, self.in_features = weight.shape
         self.int8 = Int8Weight(weight) if int8 else None
-        self.weight = None if int8 else weight.contiguous()
+        self.weight = weight.contiguous() if not int8 else torch.empty(0)
 
     def __call__(self, x: torch.Tensor, lora: _Lora | None) -> torch.Tensor:
         out = self.int8(x) if self.int8 is not None else F.linear(x, self.weight)
@@ -255,7 +255,7 @@ class FastLlama:
         for index in range(len(self.layers)):
             fused: dict[str, _Lora] = {}
             for name, parts in FUSED.items():
-                pieces = []
+                pieces: list[tuple[torch.Tensor, torch.Tensor] | None] = []
                 for part in parts:
                     group = (
                         "self_attn" if part in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
