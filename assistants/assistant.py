@@ -11,6 +11,7 @@ Rules (see docs/design.md):
 
 from __future__ import annotations
 
+import builtins  # the `list` methods below shadow the built-in in annotations
 import json
 import re
 import threading
@@ -238,7 +239,7 @@ class Assistants:
             rows = self._rows("owner_id = ? OR visibility = 'public'", [actor.user_id])
         return sorted((a for a in rows if is_visible(actor, a)), key=lambda a: a.name.lower())
 
-    def complete(self, actor: Actor, prefix: str) -> list[str]:
+    def complete(self, actor: Actor, prefix: str) -> builtins.list[str]:
         """Names for autocomplete: at most 25, those starting with the prefix first."""
         prefix = prefix.strip().lower()
         names = [a.name for a in self.list(actor)]
@@ -255,7 +256,7 @@ class Assistants:
         instructions: str,
         *,
         description: str = "",
-        starters: list[str] | tuple[str, ...] = (),
+        starters: builtins.list[str] | tuple[str, ...] = (),
         visibility: str | None = None,
         model: str | None = None,
         k: int = 4,
@@ -378,7 +379,7 @@ class Assistants:
             }
         )
 
-    def history(self, actor: Actor, name: str) -> list[dict[str, Any]]:
+    def history(self, actor: Actor, name: str) -> builtins.list[dict[str, Any]]:
         """Versions, oldest first: version, change, changed_by, changed_at and the snapshot."""
         assistant = self.get_managed(actor, name, "see the history of")
         rows = self.db.query(

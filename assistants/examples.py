@@ -8,6 +8,7 @@ and the user is told; if the process dies in between, the mark makes the next st
 
 from __future__ import annotations
 
+import builtins  # the `list` methods below shadow the built-in in annotations
 import hashlib
 import json
 import threading
@@ -144,7 +145,7 @@ class Examples:
 
     def search(
         self, actor: Actor, name: str, query: str, k: int = 4
-    ) -> list[tuple[Example, float]]:
+    ) -> builtins.list[tuple[Example, float]]:
         """The k examples whose input is most like the query, best first, with cosine scores."""
         if not query.strip():
             raise InvalidInput("The search query is empty.")
@@ -185,8 +186,8 @@ class Examples:
         return ImportResult(added=len(added), duplicates=duplicates)
 
     def _insert(
-        self, assistant: Assistant, items: list[ExampleData], source: str, author: str
-    ) -> tuple[list[Example], int]:
+        self, assistant: Assistant, items: builtins.list[ExampleData], source: str, author: str
+    ) -> tuple[builtins.list[Example], int]:
         index = self._index()
         with self.lock:
             seen: set[str] = set()
@@ -227,10 +228,10 @@ class Examples:
                 return [], duplicates
             with self.db.conn:
                 self._mark_dirty(assistant.id, True)
-                ids = []
+                ids: builtins.list[int] = []
                 for row in new_rows:
-                    ids.append(self.db.table("examples").insert(row).last_pk)
-            texts = [r["input"] for r in new_rows]
+                    ids.append(int(self.db.table("examples").insert(row).last_pk))  # type: ignore[arg-type]
+            texts = [str(r["input"]) for r in new_rows]
             try:
                 index.add(assistant.id, ids, texts)
             except Exception:

@@ -182,8 +182,13 @@ class Promotions:
             )
         import openai
 
-        client = await self.providers.client(provider)
         ref = ModelRef(provider, base)
+        try:
+            client = await self.providers.client(provider)
+        except ProviderError as exc:
+            # Without this the promotion would stay "uploading" for ever (no job to poll).
+            self._update(int(promotion_id), status="failed", error=str(exc))  # type: ignore[arg-type]
+            raise
         try:
             train = await client.files.create(
                 file=(f"{assistant.name}-train.jsonl", data.jsonl("train").encode()),
@@ -201,7 +206,7 @@ class Promotions:
                 training_file=train.id,
                 validation_file=validation.id if validation else None,
                 suffix=SUFFIX.sub("-", assistant.name)[:40],
-                method={"type": "supervised", "supervised": supervised},  # type: ignore[typeddict-item]
+                method={"type": "supervised", "supervised": supervised},  # type: ignore[arg-type]
             )
         except openai.APIError as exc:
             self._update(int(promotion_id), status="failed", error=describe(ref, exc))  # type: ignore[arg-type]

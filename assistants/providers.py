@@ -114,7 +114,7 @@ class Providers:
 
         client = await self.client(model.provider)
         try:
-            stream = await client.chat.completions.create(
+            stream = await client.chat.completions.create(  # type: ignore[call-overload]
                 model=model.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=temperature,

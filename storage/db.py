@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -206,6 +206,9 @@ class ThreadLocalDatabase:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.database(), name)
 
+    def __getitem__(self, table: str) -> Any:
+        return self.database()[table]
+
     def close(self) -> None:
         with self._guard:
             for db in self._all:
@@ -223,4 +226,4 @@ def open_db(path: str | Path) -> Database:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = ThreadLocalDatabase(path)
     migrations.apply(db.database())
-    return db  # type: ignore[return-value]
+    return cast(Database, db)  # it behaves as one; typed so, callers need not know

@@ -131,7 +131,7 @@ class FineTuneStore:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.db = open_db(settings.db_path)
-        migrations.apply(self.db.database())
+        migrations.apply(self.db)
         self._lock = threading.RLock()
 
     def close(self) -> None:
