@@ -61,14 +61,14 @@ def make_adapter(
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=64,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
-        init_lora_weights=False,  # random B too, so the adapter changes the answers
-        task_type="CAUSAL_LM",
-        **lora,
-    )
+    options: dict[str, Any] = {
+        "r": 8,
+        "lora_alpha": 64,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+        "init_lora_weights": False,  # random B too, so the adapter changes the answers
+        "task_type": "CAUSAL_LM",
+    }
+    config = LoraConfig(**{**options, **lora})
     peft_model = get_peft_model(base, config)
     target = adapters_path / name
     peft_model.save_pretrained(target)

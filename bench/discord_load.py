@@ -1,0 +1,332 @@
+"""200 users chat at once through the loopback Discord; the model answers after a fixed 1 s.
+
+The real bot (real discord.py client, real Core, real `fewtune serve` with its `echo` model in its
+own process, echo_delay = 1 s) against tests/discord_fake. Every user runs `/chat` at the same
+moment; an answer counts once its feedback buttons are on it (the reply is complete and stored).
+
+Measured: wall time from the first command to the last complete answer (goal: under 1.5 s plus
+the core's overhead), how many were answered, and the event loop's lag: a task sleeping 5 ms in a
+loop records how late it wakes (goal: never above 50 ms). The fake Discord and its 200 users run
+in a process of their own (`--drive`), so the lag measured is the bot's own loop. Also measured:
+the core's overhead per message (store, embed, select, build, record: Reply.overhead_ms).
+
+    .venv/bin/python bench/discord_load.py [--users 200] [--delay 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from discord_fake import FakeDiscord  # noqa: E402
+
+
+def start_echo_server(home: Path, delay: float) -> tuple[subprocess.Popen, str, str]:
+    """`python -m training.server` with the echo model; returns (process, /v1 url, token)."""
+    home.mkdir(parents=True)
+    (home / "fewtune.toml").write_text(f'[server]\nmodel = "echo"\necho_delay = {delay}\n')
+    env = {**os.environ, "FEWTUNE_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.server", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    info = home / "server.json"
+    deadline = time.monotonic() + 60
+    while not info.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("fewtune serve did not start")
+        time.sleep(0.1)
+    return process, json.loads(info.read_text())["url"], (home / "server.token").read_text()
+
+
+class LagMonitor:
+    """How late a 5 ms sleep wakes up, sampled continuously."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self.at: list[float] = []  # when each sample ended (perf_counter)
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.lags.append(time.perf_counter() - started - self.interval)
+            self.at.append(time.perf_counter())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+
+def use_aiohttp_for_openai() -> None:
+    """Every AsyncOpenAI made from now on uses openai's aiohttp transport (an experiment)."""
+    import openai
+
+    plain_init = openai.AsyncOpenAI.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("http_client", openai.DefaultAioHttpClient(timeout=kwargs.get("timeout")))
+        plain_init(self, *args, **kwargs)
+
+    openai.AsyncOpenAI.__init__ = init  # type: ignore[method-assign]
+
+
+# -- the users' side: FakeDiscord in its own process --------------------------------------
+
+
+def say(message: dict) -> None:
+    print(json.dumps(message), flush=True)
+
+
+async def hear() -> str:
+    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+
+
+async def drive(users: int) -> None:
+    """The fake Discord and its users, in a process of their own (`--drive`): their work never
+    runs on the bot's event loop, so the lag measured there is the bot's. Talks JSON lines."""
+    gc.freeze()
+    async with FakeDiscord() as fake:
+        owner = fake.add_user("owner")
+        guild = fake.add_guild("bench", owner)
+        channel = fake.channel(guild)
+        people = [fake.add_user(f"user{i}") for i in range(users)]
+        for person in people:
+            fake.add_member(guild, person)
+        say(
+            {
+                "api_base": fake.api_base,
+                "gateway": fake.gateway_url,
+                "token": fake.token,
+                "guild": str(guild.id),
+                "owner": str(owner.id),
+            }
+        )
+        await fake.wait_until(lambda: fake.sessions and fake.commands, 60, "the bot")
+        assert await hear() == "ready"
+        # Warm up (embedder, index, HTTP pools) with one chat, outside the measurement.
+        warm = await fake.slash(
+            "chat", user=owner, channel=channel, options={"assistant": "bench", "message": "hi"}
+        )
+        await fake.wait_until(lambda: warm.original and warm.original.buttons(), 60)
+        say({"warm": True})
+        assert await hear() == "go"
+        sent = await asyncio.gather(
+            *(
+                fake.slash(
+                    "chat",
+                    user=p,
+                    channel=channel,
+                    options={"assistant": "bench", "message": f"hello from {p.name}"},
+                )
+                for p in people
+            )
+        )
+
+        def complete(ix) -> bool:
+            return bool(ix.original and ix.original.buttons())
+
+        with contextlib.suppress(AssertionError):  # counted below as unanswered
+            await fake.wait_until(lambda: all(complete(ix) for ix in sent), 60, "every answer")
+        with contextlib.suppress(AssertionError):  # let thread creation finish
+            await fake.wait_until(
+                lambda: all(ix.original.thread for ix in sent if complete(ix)), 20, "threads"
+            )
+        # Wall time to the last complete answer (its final edit, on the same clock).
+        finished = [ix.original.edits[-1].at for ix in sent if complete(ix)]
+        first_sent = min(ix.created_at for ix in sent)
+        acks = [ix.acknowledged_after for ix in sent if ix.acknowledged_after is not None]
+        say(
+            {
+                "users": users,
+                "answered": sum(1 for ix in sent if complete(ix)),
+                "correct": sum(
+                    1
+                    for ix, p in zip(sent, people, strict=True)
+                    if ix.original and ix.original.content == f"echo: hello from {p.name}"
+                ),
+                "wall_s": (max(finished) - first_sent) if finished else float("nan"),
+                "ack_max_s": max(acks) if acks else float("nan"),
+                "threads": sum(1 for ix in sent if ix.original and ix.original.thread),
+            }
+        )
+        await hear()  # stay up until the bot has closed
+
+
+# -- the bot's side ---------------------------------------------------------------------------
+
+
+async def bench(users: int, delay: float) -> dict[str, float]:
+    from assistants import Actor, Core
+    from bot.discord.client import FewtuneBot
+    from bot.discord.endpoints import redirect
+
+    work = Path(tempfile.mkdtemp(prefix="fewtune-bench-"))
+    server, url, token = start_echo_server(work / "serve", delay)
+    driver = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--drive",
+        "--users",
+        str(users),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert driver.stdin is not None and driver.stdout is not None
+
+    async def hear_driver() -> dict:
+        line = await asyncio.wait_for(driver.stdout.readline(), 120)
+        if not line:
+            raise SystemExit("the driver process ended early")
+        return json.loads(line)
+
+    def tell(word: str) -> None:
+        driver.stdin.write(f"{word}\n".encode())
+
+    try:
+        fake = await hear_driver()
+        home = work / "home"
+        home.mkdir()
+        os.environ["FEWTUNE_BENCH_TOKEN"] = token
+        (home / "fewtune.toml").write_text(
+            f'[providers.fewtune]\nbase_url = "{url}"\napi_key_env = "FEWTUNE_BENCH_TOKEN"\n'
+            f'max_retries = 0\n[chat]\ndefault_model = "fewtune:echo"\n'
+            f"rate_limit_per_minute = 1000\n"
+        )
+        core = Core.open(home)
+        actor = Actor(fake["owner"], fake["guild"])
+        await asyncio.to_thread(core.assistants.create, actor, "bench", "Answer.")
+        examples = "\n".join(
+            json.dumps({"input": f"question {i}", "output": f"answer {i}"}) for i in range(20)
+        )
+        await asyncio.to_thread(
+            core.examples.import_data, actor, "bench", "e.jsonl", examples.encode()
+        )
+        # The core's own time per message (store, embed, select, build, record), from its Reply.
+        overheads: list[float] = []
+        reply = core.chat.reply
+
+        async def measured_reply(*args, **kwargs):
+            answer = await reply(*args, **kwargs)
+            overheads.append(answer.overhead_ms)
+            return answer
+
+        core.chat.reply = measured_reply  # type: ignore[method-assign]
+        redirect(fake["api_base"], fake["gateway"])
+        bot = FewtuneBot(core, stream_interval=1.0, guild_ready_timeout=0.05)
+        runner = asyncio.create_task(bot.start(fake["token"]))
+        while not bot.is_ready():
+            if runner.done():
+                runner.result()
+            await asyncio.sleep(0.05)
+        tell("ready")
+        await hear_driver()  # warmed up
+        gc.freeze()  # as `run_bot` does once started (see bot/discord/__init__.py)
+        overheads.clear()
+        monitor = LagMonitor()
+        monitor.start()
+        await asyncio.sleep(0.2)
+        started = time.perf_counter()
+        tell("go")
+        result = await hear_driver()
+        monitor.stop()
+        await bot.close()
+        await asyncio.wait_for(runner, 10)
+        tell("bye")
+        await asyncio.get_running_loop().shutdown_default_executor()  # see bot/discord serve()
+        core.close()
+        lags = sorted(monitor.lags)
+        worst = sorted(zip(monitor.lags, monitor.at, strict=True), reverse=True)[:5]
+        print(
+            "worst lags (ms @ s after start):",
+            [(round(1000 * lag), round(at - started, 2)) for lag, at in worst],
+        )
+        overheads.sort()
+        result.update(
+            {
+                "model_delay_s": delay,
+                "overhead_s": result["wall_s"] - delay,
+                "core_overhead_ms_median": statistics.median(overheads) if overheads else 0.0,
+                "core_overhead_ms_p95": overheads[int(0.95 * (len(overheads) - 1))]
+                if overheads
+                else 0.0,
+                "core_overhead_ms_max": overheads[-1] if overheads else 0.0,
+                "lag_max_ms": 1000 * lags[-1] if lags else 0.0,
+                "lag_p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
+                "lag_median_ms": 1000 * statistics.median(lags) if lags else 0.0,
+                "failed": users - result["answered"],
+            }
+        )
+        return result
+    finally:
+        if driver.returncode is None:
+            driver.kill()
+        await driver.wait()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--delay", type=float, default=1.0)
+    parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--aiohttp-provider",
+        action="store_true",
+        help="an experiment: give the core's openai clients aiohttp instead of the bundled httpx "
+        "(whose connection pool checks every connection on every request: quadratic at 200)",
+    )
+    args = parser.parse_args()
+    if args.drive:
+        asyncio.run(drive(args.users))
+        return
+    if args.aiohttp_provider:
+        use_aiohttp_for_openai()
+    result = asyncio.run(bench(args.users, args.delay))
+    print(f"users:            {result['users']} (unanswered: {result['failed']})")
+    print(
+        f"answered:         {result['answered']} (correct text: {result['correct']}, "
+        f"threads opened: {result['threads']})"
+    )
+    print(
+        f"wall time:        {result['wall_s']:.2f} s (model delay {result['model_delay_s']} s, "
+        f"overhead {result['overhead_s']:.2f} s; goal < 1.5 s + core overhead)"
+    )
+    print(
+        f"core overhead:    median {result['core_overhead_ms_median']:.0f} ms, "
+        f"p95 {result['core_overhead_ms_p95']:.0f} ms, max {result['core_overhead_ms_max']:.0f} ms "
+        "per message"
+    )
+    print(f"slowest ack:      {result['ack_max_s']:.2f} s (Discord requires < 3 s)")
+    print(
+        f"event loop lag:   max {result['lag_max_ms']:.1f} ms, p99 {result['lag_p99_ms']:.1f} ms, "
+        f"median {result['lag_median_ms']:.2f} ms (goal: max <= 50 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

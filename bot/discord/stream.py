@@ -1,0 +1,56 @@
+"""A reply shown while it streams: edited at most once per interval, split into messages of at
+most 2,000 characters, the feedback buttons under the last part once it is complete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import discord
+from discord.utils import MISSING
+
+from bot.discord.split import split_message
+
+NO_MENTIONS = discord.AllowedMentions.none()
+Post = Callable[[str, discord.ui.View | None], Awaitable[discord.Message]]
+PLACEHOLDER = "…"
+
+
+class LiveReply:
+    """Renders text into a growing list of messages. `post` sends one new message."""
+
+    def __init__(self, post: Post, interval: float = 1.0) -> None:
+        self.post = post
+        self.interval = interval
+        self.messages: list[discord.Message] = []
+        self._shown: list[str] = []
+        self._last = float("-inf")
+        self.renders = 0
+
+    async def update(self, text: str) -> None:
+        """Show the text so far, unless the last render was less than `interval` ago."""
+        if time.monotonic() - self._last >= self.interval:
+            await self.render(text)
+
+    async def render(self, text: str, view: discord.ui.View | None = None) -> None:
+        self._last = time.monotonic()
+        self.renders += 1
+        parts = split_message(text) or [PLACEHOLDER]
+        for i, part in enumerate(parts):
+            last_view = view if i == len(parts) - 1 else None
+            if i < len(self.messages):
+                if self._shown[i] != part or last_view is not None:
+                    # MISSING leaves the message's buttons as they are.
+                    view_arg = last_view if last_view is not None else MISSING
+                    edited = await self.messages[i].edit(
+                        content=part, allowed_mentions=NO_MENTIONS, view=view_arg
+                    )
+                    self.messages[i] = edited or self.messages[i]
+                    self._shown[i] = part
+            else:
+                self.messages.append(await self.post(part, last_view))
+                self._shown.append(part)
+
+    @property
+    def last(self) -> discord.Message | None:
+        return self.messages[-1] if self.messages else None

@@ -1,0 +1,147 @@
+"""The world of a Discord end-to-end test: a FakeDiscord with two guilds and users, the real
+bot connected to it, a real Core in the test's FEWTUNE_HOME, and a loopback model."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .harness import EchoModel, real_echo_server, running_bot, write_provider_settings
+from .records import MANAGE_GUILD, Channel, Guild, Interaction, User
+from .server import FakeDiscord
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    bot: Any
+    core: Any
+    model: EchoModel
+    owner: User
+    alice: User
+    bob: User
+    manager: User
+    guild: Guild
+    channel: Channel
+    other_guild: Guild
+    other_channel: Channel
+
+    def bot_actor(self, user: User, guild: Guild | None = None) -> Any:
+        """The core Actor the bot makes for `user` in `guild` (default: the first guild)."""
+        from assistants import Actor
+
+        guild = guild or self.guild
+        return Actor(str(user.id), str(guild.id), bool(guild.permissions_of(user) & MANAGE_GUILD))
+
+
+@pytest.fixture
+async def model():
+    echo = await EchoModel().start()
+    yield echo
+    await echo.stop()
+
+
+@pytest.fixture
+def serve_url(tmp_path):
+    with real_echo_server(tmp_path / "serve-home") as url:
+        yield url
+
+
+@pytest.fixture
+async def world(fewtune_home, embedder, model, serve_url):
+    from assistants import Core
+
+    write_provider_settings(fewtune_home, serve_url, model)
+    core = Core.open(fewtune_home, embedder=embedder)
+    # Load the embedder and open the index now, so the first answer is not the slow one.
+    await asyncio.to_thread(lambda: core.index().embedder.embed_one("warm up"))
+    async with FakeDiscord() as fake:
+        owner = fake.add_user("olivia")
+        alice, bob, manager = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("max")
+        guild = fake.add_guild("Guild One", owner)
+        for user in (alice, bob):
+            fake.add_member(guild, user)
+        fake.add_member(guild, manager, manage_guild=True)
+        other = fake.add_guild("Guild Two", bob)
+        fake.add_member(other, alice)
+        async with running_bot(fake, core, stream_interval=0.2) as bot:
+            yield World(
+                fake,
+                bot,
+                core,
+                model,
+                owner,
+                alice,
+                bob,
+                manager,
+                guild,
+                fake.channel(guild),
+                other,
+                fake.channel(other),
+            )
+        # A handler's last core call (e.g. linking the thread it just opened) may still run in
+        # a worker thread: let it finish before the database closes under it (a segfault).
+        await asyncio.get_running_loop().shutdown_default_executor()
+    core.close()
+
+
+async def create_assistant(w: World, user: User, name: str, *, channel=None, **fields) -> None:
+    channel = channel or w.channel
+    opened = await w.fake.slash(
+        "assistant",
+        "create",
+        user=user,
+        channel=channel,
+        options={k: v for k, v in fields.items() if k == "visibility"},
+    )
+    await w.fake.answered(opened)
+    values = {"Name": name, "Instructions": fields.get("instructions", "Answer briefly.")}
+    if "description" in fields:
+        values["Description"] = fields["description"]
+    if "starters" in fields:
+        values[next(k for k in modal_labels(opened) if k.startswith("Conversation"))] = fields[
+            "starters"
+        ]
+    submitted = await w.fake.submit_modal(opened, values)
+    await w.fake.answered(submitted)
+    assert "Created" in submitted.text(), submitted.text()
+
+
+def modal_labels(ix) -> list[str]:
+    labels = []
+    for row in ix.modal["components"]:
+        labels.append(row.get("label") or row["components"][0].get("label"))
+    return labels
+
+
+def stored_messages(core, user: User) -> list[dict]:
+    return list(
+        core.db.query("SELECT * FROM messages WHERE user_id = ? ORDER BY id", [str(user.id)])
+    )
+
+
+async def wait_answer(w: World, ix: Interaction) -> Interaction:
+    """Wait for a complete chat answer: its feedback buttons are added last, then (for /chat in
+    a channel) the thread for follow-ups is opened."""
+    await w.fake.wait_until(
+        lambda: any(m.buttons() for m in ix.messages()) or "⚠️" in ix.text(),
+        what=f"a complete answer to {ix.data.get('name') or ix.data.get('custom_id')}",
+    )
+    if ix.channel.type == 0 and ix.original is not None:
+        await w.fake.wait_until(lambda: ix.original.thread, what="the thread on the answer")
+    return ix
+
+
+def use_scripted(w: World, name: str, owner: User) -> None:
+    """Make assistant `name` answer from the scripted EchoModel (w.model)."""
+    w.core.assistants.edit(w.bot_actor(owner), name, model="scripted:echo")
+
+
+def conversation_of(core: Any, text: str) -> int:
+    """The conversation holding the user message `text`."""
+    rows = list(core.db.query("SELECT conversation_id FROM messages WHERE content = ?", [text]))
+    assert rows, f"no stored message {text!r}"
+    return rows[0]["conversation_id"]

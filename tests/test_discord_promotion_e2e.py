@@ -1,0 +1,122 @@
+# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
+"""/assistant promote end to end: the real bot on the loopback Discord, the real Core, and the
+real `fewtune serve` app with a tiny Llama that trains a LoRA adapter for a few steps in its job
+worker. One progress message is edited as the job runs and ends with the evaluation and the loss
+curve; then /assistant status and /assistant rollback."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from discord_fake.harness import SERVE_TOKEN_ENV  # noqa: E402
+from discord_fake.world import World, create_assistant, model, world  # noqa: E402, F401
+from server_fixtures import make_tiny_model, running_app, write_settings  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def serve_url(tmp_path_factory: pytest.TempPathFactory):
+    """`fewtune serve` with a tiny random Llama (model `tiny-llama`) and its job worker."""
+    from training.engine import ChatEngine
+    from training.server.app import create_app
+
+    token = os.environ.setdefault(SERVE_TOKEN_ENV, secrets.token_urlsafe(16))
+    tiny = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+    settings = write_settings(tmp_path_factory.mktemp("serve-home"), model=str(tiny))
+    engine = ChatEngine(settings)
+    engine.load()
+    app = create_app(settings, token, engine=engine)
+    worker = app.state.finetune.worker
+    worker.ensure_started()  # running_app runs without lifespan events
+    with running_app(app) as url:
+        yield url
+    worker.stop()
+    engine.close()
+
+
+async def run(w: World, *args, **kwargs):
+    ix = await w.fake.slash(*args, **kwargs)
+    await w.fake.answered(ix)
+    return ix
+
+
+@pytest.mark.slow
+async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(world: World):
+    w = world
+    w.bot.promotion_poll_seconds = 0.2
+    await create_assistant(w, w.alice, "numbers")
+    owner = w.bot_actor(w.alice)
+    # Few tokens per answer: the evaluation generates with the tiny model on the CPU.
+    w.core.assistants.edit(owner, "numbers", model="fewtune:tiny-llama", max_tokens=4, k=2)
+    lines = "\n".join(json.dumps({"input": f"number {i}", "output": str(i)}) for i in range(40))
+    w.core.examples.import_data(owner, "numbers", "e.jsonl", lines.encode())
+
+    ix = await run(
+        w, "assistant", "promote", user=w.alice, channel=w.channel, options={"name": "numbers"}
+    )
+    assert ix.acknowledged_after < 3
+    asked = next((m for m in ix.messages() if m.buttons()), None)
+    assert asked is not None, ix.text()
+    assert "Promote numbers?" in asked.content and "training chats" in asked.content
+    started = time.time()
+    confirmed = await w.fake.click(asked, "Promote", user=w.alice)
+    await w.fake.answered(confirmed)
+    assert confirmed.acknowledged_after < 3
+    assert "progress is shown below" in asked.content and not asked.buttons()
+
+    def progress_messages():
+        return [m for m in w.fake.bot_messages(w.channel) if not m.ephemeral]
+
+    shown = await w.fake.wait_until(progress_messages, what="the progress message")
+    assert len(shown) == 1
+    progress = shown[0]
+    # The bot is not blocked meanwhile: a command is answered while the job runs.
+    listed = await run(w, "assistant", "list", user=w.bob, channel=w.channel)
+    assert listed.acknowledged_after < 3 and "numbers" in listed.text()
+
+    await w.fake.wait_until(
+        lambda: (
+            progress.attachments or "stopped" in progress.content or "ended" in progress.content
+        ),
+        timeout=240,
+        what="the promotion to finish",
+    )
+    content = progress.content
+    assert "is fine-tuned" in content, content
+    assert (
+        "Evaluation on" in content and "few-shot" in content and "fine-tuned + examples" in content
+    )
+    assert [a.filename for a in progress.attachments] == ["loss.png"]
+    assert progress.attachments[0].data.startswith(PNG)
+    # Still the one message, edited as the job ran: steps and losses, at most about once a second.
+    assert len(progress_messages()) == 1
+    assert any("step" in e.content and "training loss" in e.content for e in progress.edits)
+    times = [e.at for e in progress.edits]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= 0.9 for g in gaps), gaps
+    assert len(times) <= (time.time() - started) + 2
+
+    promotion = w.core.promotions.latest(owner, "numbers")
+    assert promotion.status == "succeeded" and promotion.evaluation is not None
+    status = await run(
+        w, "assistant", "status", user=w.alice, channel=w.channel, options={"name": "numbers"}
+    )
+    assert status.ephemeral and "succeeded" in status.text() and "Evaluation on" in status.text()
+    rolled = await run(
+        w, "assistant", "rollback", user=w.alice, channel=w.channel, options={"name": "numbers"}
+    )
+    if promotion.switched:
+        assert "numbers" in rolled.text() and "fewtune:tiny-llama" in rolled.text()
+        assert w.core.assistants.get(owner, "numbers").fine_tuned_model is None
+    else:
+        assert "is not using a fine-tuned model" in rolled.text()
