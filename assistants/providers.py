@@ -54,6 +54,7 @@ class Providers:
         self.settings = settings
         self._clients: dict[tuple[str, int], openai.AsyncOpenAI] = {}
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def config(self, name: str) -> ProviderConfig:
         if name == LOCAL:
@@ -102,6 +103,23 @@ class Providers:
                 self._clients[cache_key] = client
         return client
 
+    def _model_loop(self) -> asyncio.AbstractEventLoop:
+        """The private event loop, in a daemon thread, where every model call runs.
+
+        Streaming through the openai client costs CPU per chunk (parsing, validation); with many
+        replies streaming at once, on the caller's loop that work queued up into pauses of
+        hundreds of milliseconds for everything else there (the Discord bot's gateway and
+        interactions). On its own loop the caller gets only finished chunks.
+        """
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="fewtune-models", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
     async def stream_chat(
         self,
         model: ModelRef,
@@ -110,6 +128,40 @@ class Providers:
         max_tokens: int | None,
     ) -> AsyncIterator[Chunk]:
         """Stream a chat completion; raise ProviderError on any provider failure."""
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
+
+        def put(item: Chunk | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody listens
+                caller.call_soon_threadsafe(queue.put_nowait, item)
+
+        async def produce() -> None:
+            try:
+                async for chunk in self._stream(model, messages, temperature, max_tokens):
+                    put(chunk)
+                put(None)
+            except BaseException as exc:  # handed to the caller, who raises it
+                put(exc)
+
+        future = asyncio.run_coroutine_threadsafe(produce(), self._model_loop())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()  # an abandoned stream stops at once
+
+    async def _stream(
+        self,
+        model: ModelRef,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_tokens: int | None,
+    ) -> AsyncIterator[Chunk]:
         import openai
 
         client = await self.client(model.provider)
@@ -134,11 +186,19 @@ class Providers:
             raise ProviderError(describe(model, exc)) from exc
 
     async def close(self) -> None:
-        for client in list(self._clients.values()):
-            # A client bound to a closed loop cannot close cleanly; drop it all the same.
-            with contextlib.suppress(Exception):
-                await client.close()
-        self._clients.clear()
+        """Close the clients made on this loop and on the model loop."""
+        here = id(asyncio.get_running_loop())
+        loop = self._loop
+        for (key, loop_id), client in list(self._clients.items()):
+            if loop_id == here:
+                # A client bound to a closed loop cannot close cleanly; drop it all the same.
+                with contextlib.suppress(Exception):
+                    await client.close()
+            elif loop is not None and loop_id == id(loop):
+                closing = asyncio.run_coroutine_threadsafe(client.close(), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(closing)
+            self._clients.pop((key, loop_id), None)
 
 
 def describe(model: ModelRef, exc: Any) -> str:
