@@ -173,14 +173,15 @@ class ExampleIndex:
         self, assistant_id: int, vector: np.ndarray, n: int, with_vectors: bool = False
     ) -> list[Hit]:
         """The n nearest examples of one assistant, best first."""
-        size = self.count(assistant_id)
-        if n <= 0 or size == 0:
+        if n <= 0:
             return []
         include = ["distances", "embeddings"] if with_vectors else ["distances"]
+        collection = self._collection(assistant_id)
+        # No count() first: chromadb returns what it has when asked for more (one call, not two).
         with self._answering():
-            got = self._collection(assistant_id).query(
+            got = collection.query(
                 query_embeddings=[np.asarray(vector, dtype=np.float32)],
-                n_results=min(n, size),
+                n_results=n,
                 include=include,
             )
         ids = got["ids"][0]
