@@ -5,11 +5,13 @@ stream the reply from the assistant's model, store the reply with what produced 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +96,9 @@ class Chat:
         index: Callable[[], ExampleIndex],
         providers: Providers,
         lock: threading.RLock,
+        executor: Executor | None = None,
     ) -> None:
+        self.executor = executor
         self.db = db
         self.settings = settings
         self.assistants = assistants
@@ -102,6 +106,10 @@ class Chat:
         self._index = index
         self.providers = providers
         self.lock = lock
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking core work (SQLite, embedding, the index) on the core's worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- conversations -------------------------------------------------------------------------
 
@@ -408,7 +416,7 @@ class Chat:
     ) -> Reply:
         """Answer a message in a conversation, streaming through on_delta(text so far)."""
         started = time.perf_counter()
-        prepared = await asyncio.to_thread(self.prepare, actor, conversation_id, text, external_id)
+        prepared = await self._in_thread(self.prepare, actor, conversation_id, text, external_id)
         overhead = time.perf_counter() - started
         assistant = prepared.assistant
         model = ModelRef.parse(assistant.active_model)
@@ -430,7 +438,7 @@ class Chat:
                     if on_delta is not None:
                         await on_delta("".join(parts))
         except ProviderError as exc:
-            await asyncio.to_thread(
+            await self._in_thread(
                 self.record,
                 prepared,
                 actor,
@@ -445,7 +453,7 @@ class Chat:
         latency = (time.perf_counter() - model_started) * 1000
         reply_text = "".join(parts).strip()
         record_started = time.perf_counter()
-        message_id = await asyncio.to_thread(
+        message_id = await self._in_thread(
             self.record,
             prepared,
             actor,
@@ -470,7 +478,6 @@ class Chat:
 
     async def ask(self, actor: Actor, name: str, text: str, **kwargs: Any) -> Reply:
         """One message in a new conversation."""
-        conversation = await asyncio.to_thread(
-            self.start, actor, name, frontend=kwargs.pop("frontend", "cli")
-        )
+        start = functools.partial(self.start, frontend=kwargs.pop("frontend", "cli"))
+        conversation = await self._in_thread(start, actor, name)
         return await self.reply(actor, conversation.id, text, **kwargs)

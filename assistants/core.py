@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,18 @@ class Core:
         self.providers = Providers(settings)
         self.assistants = Assistants(self.db, settings, self.lock, on_delete=self._drop_index)
         self.examples = Examples(self.db, self.assistants, self.index, self.lock)
+        # Blocking work of async calls runs here. More threads than the default pool (cores + 4):
+        # messages arriving together then wait together and are embedded in one batch.
+        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fewtune-core")
         self.chat = Chat(
-            self.db, settings, self.assistants, self.examples, self.index, self.providers, self.lock
+            self.db,
+            settings,
+            self.assistants,
+            self.examples,
+            self.index,
+            self.providers,
+            self.lock,
+            self.executor,
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)
@@ -141,4 +152,6 @@ class Core:
         return total
 
     def close(self) -> None:
+        """Wait for work in flight on the core's threads, then close every connection."""
+        self.executor.shutdown(wait=True)
         self.db.close()
