@@ -10,25 +10,14 @@ import json
 from typing import Any
 
 from assistants.actor import Actor
-from assistants.assistant import Assistant
+from assistants.assistant import EDITABLE, Assistant
 from assistants.core import Core
 from assistants.errors import FewtuneError, ImportRejected
 from assistants.examples import ImportResult
 
 FORMAT = "fewtune-assistant"
 VERSION = 1
-DEFINITION = (
-    "name",
-    "description",
-    "instructions",
-    "starters",
-    "visibility",
-    "model",
-    "k",
-    "selector",
-    "temperature",
-    "max_tokens",
-)
+DEFINITION = EDITABLE  # every setting a user can change, the name included
 
 
 def export_assistant(core: Core, actor: Actor, name: str) -> dict[str, Any]:

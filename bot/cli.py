@@ -72,6 +72,20 @@ def run(fn, *args: Any, **kwargs: Any) -> Any:
         fail(str(exc))
 
 
+def write_output(text: str, output: Path | None) -> bool:
+    """Print `text`, or write it to `output` whole (a temp file, then a rename); True if written."""
+    if output is None:
+        sys.stdout.write(text)
+        return False
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        fail(f"Cannot write {output}: {exc.strerror}.")
+    return True
+
+
 def emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
@@ -253,15 +267,8 @@ def assistant_export(
     text = (
         json.dumps(run(export_assistant, core, TERMINAL, name), ensure_ascii=False, indent=2) + "\n"
     )
-    if output is None:
-        sys.stdout.write(text)
+    if not write_output(text, output):
         return
-    try:
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        fail(f"Cannot write {output}: {exc.strerror}.")
 
 
 @assistant_app.command("import")
@@ -330,15 +337,8 @@ def example_export(
     """Export examples in the import formats."""
     core = open_core()
     text = run(core.examples.export, TERMINAL, name, format.value)
-    if output is None:
-        sys.stdout.write(text)
+    if not write_output(text, output):
         return
-    tmp = output.with_name(output.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        fail(f"Cannot write {output}: {exc.strerror}.")
     # Counted in the store: a CSV field may span lines, so lines are not examples.
     count = run(core.examples.count, TERMINAL, name)
     typer.echo(f"Wrote {count} examples to {output}.", err=True)
@@ -576,15 +576,8 @@ def dataset_export(
     core = open_core()
     _, data = run(core.promotions.dataset, TERMINAL, name)
     text = data.jsonl(split)
-    if output is None:
-        sys.stdout.write(text)
+    if not write_output(text, output):
         return
-    try:
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        fail(f"Cannot write {output}: {exc.strerror}.")
     typer.echo(f"Wrote {text.count(chr(10))} chats to {output}.", err=True)
 
 
