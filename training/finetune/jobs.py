@@ -198,10 +198,14 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         )
     if row["status"] not in TERMINAL:
         store = _store(request)
-        if store.finish_job(
-            job_id, "cancelled", ("validating_files", "queued", "running"), estimated_finish=None
-        ):
-            store.add_event(job_id, "Job cancelled.")
+        with store.one_step():
+            if store.finish_job(
+                job_id,
+                "cancelled",
+                ("validating_files", "queued", "running"),
+                estimated_finish=None,
+            ):
+                store.add_event(job_id, "Job cancelled.")
         _state(request).worker.wake()
     return job_body(_job_row(request, job_id))
 

@@ -139,6 +139,13 @@ class FineTuneStore:
             self.db.close()
 
     @contextmanager
+    def one_step(self) -> Iterator[None]:
+        """Hold the store across several calls (a status change and its event) so that no other
+        thread's change lands between them."""
+        with self._lock:
+            yield
+
+    @contextmanager
     def _tx(self) -> Iterator[Database]:
         with self._lock, self.db.conn:
             yield self.db

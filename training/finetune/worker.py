@@ -179,10 +179,15 @@ class JobWorker:
         spec_path = job_dir / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         attempt = job["attempts"] + 1
-        if not self.store.update_job(
-            job_id, ("queued",), status="running", started_at=now(), attempts=attempt
-        ):
-            return  # cancelled in between
+        word = "started" if attempt == 1 else f"resumed (run {attempt} of at most {MAX_ATTEMPTS})"
+        # The status change and its event are one step, before the process starts: a cancel
+        # arriving meanwhile always reads after it in the events.
+        with self.store.one_step():
+            if not self.store.update_job(
+                job_id, ("queued",), status="running", started_at=now(), attempts=attempt
+            ):
+                return  # cancelled in between
+            self.store.add_event(job_id, f"Fine-tuning job {word}")
         root = str(Path(training.__file__).resolve().parent.parent)
         env = {
             **os.environ,
@@ -206,8 +211,6 @@ class JobWorker:
         )
         running.reader.start()
         self._current = running
-        word = "started" if attempt == 1 else f"resumed (run {attempt} of at most {MAX_ATTEMPTS})"
-        self.store.add_event(job_id, f"Fine-tuning job {word}")
 
     def _watch(self, running: _Running) -> None:
         job = self.store.get_job(running.job_id)
