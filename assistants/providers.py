@@ -55,6 +55,7 @@ class Providers:
         self._clients: dict[tuple[str, int], openai.AsyncOpenAI] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._local: tuple[str, str] | None = None  # the local server's base URL and token
 
     def config(self, name: str) -> ProviderConfig:
         if name == LOCAL:
@@ -78,7 +79,11 @@ class Providers:
     async def client(self, name: str) -> openai.AsyncOpenAI:
         config = self.config(name)
         if name == LOCAL:
-            base_url, key = await asyncio.to_thread(self._local_endpoint)
+            # Checked once, then remembered until a call cannot connect: checking before every
+            # message cost a request to the server each time.
+            if self._local is None:
+                self._local = await asyncio.to_thread(self._local_endpoint)
+            base_url, key = self._local
         else:
             if not config.base_url:
                 raise ProviderError(f"Provider {name!r} has no base_url in fewtune.toml.")
@@ -164,16 +169,27 @@ class Providers:
     ) -> AsyncIterator[Chunk]:
         import openai
 
-        client = await self.client(model.provider)
+        for attempt in (1, 2):
+            client = await self.client(model.provider)
+            try:
+                stream = await client.chat.completions.create(  # type: ignore[call-overload]
+                    model=model.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                break
+            except openai.APIConnectionError as exc:
+                if model.provider == LOCAL and attempt == 1:
+                    # The remembered local server stopped (idle) or moved: find or start it.
+                    self._local = None
+                    continue
+                raise ProviderError(describe(model, exc)) from exc
+            except openai.APIError as exc:
+                raise ProviderError(describe(model, exc)) from exc
         try:
-            stream = await client.chat.completions.create(  # type: ignore[call-overload]
-                model=model.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=temperature,
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
             async for event in stream:
                 chunk = Chunk()
                 if event.choices:

@@ -154,3 +154,11 @@ def test_promote_wait_evaluates_switches_downloads_and_rolls_back(local_core, tm
     back = runner.invoke(app, ["rollback", "helper"])
     assert back.exit_code == 0 and "local:tiny" in back.stdout
     assert local_core.assistants.get(TERMINAL, "helper").fine_tuned_model is None
+
+
+async def test_a_stopped_local_server_is_started_again_for_the_next_message(local_core):
+    first = await local_core.chat.ask(TERMINAL, "helper", "two")
+    assert stop_local_server(local_core.settings)  # as an idle timeout would
+    second = await local_core.chat.ask(TERMINAL, "helper", "three")
+    assert second.model == first.model == "local:tiny"
+    await local_core.providers.close()
