@@ -58,6 +58,7 @@ class Promotion:
     error: str | None
     created_at: str
     updated_at: str
+    previous_k: int | None = None  # the assistant's k before a switch that set it to 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Promotion:
@@ -356,38 +357,51 @@ class Promotions:
         return results
 
     def switch(self, actor: Actor, name: str, force: bool = False) -> Promotion:
-        """Switch to the fine-tuned model if it is not worse than few-shot (or if forced)."""
+        """Switch to the fine-tuned model if it is not worse than few-shot (or if forced).
+
+        It is served the way it scored best: with the assistant's retrieved examples (the
+        hybrid), or alone (k set to 0) when alone scored higher; rollback restores k too."""
         promotion = self.latest(actor, name)
         if promotion.status != "succeeded" or not promotion.fine_tuned_model:
             raise InvalidInput(f"The latest promotion of {name!r} has not succeeded.")
         evaluation = promotion.evaluation or {}
-        if not force:
-            if not evaluation:
-                raise InvalidInput(f"Evaluate the promotion of {name!r} first, or use --force.")
-            few = evaluation["few_shot"]
-            hybrid = evaluation["fine_tuned_with_examples"]
-            if (hybrid["exact_match"], hybrid["token_f1"]) < (few["exact_match"], few["token_f1"]):
-                return self._update(promotion.id, switched=0)
-        self.assistants.set_fine_tuned_model(
+        if not evaluation and not force:
+            raise InvalidInput(f"Evaluate the promotion of {name!r} first, or use --force.")
+
+        def score(label: str) -> tuple[float, float]:
+            return (evaluation[label]["exact_match"], evaluation[label]["token_f1"])
+
+        alone_is_best = bool(evaluation) and score("fine_tuned") > score("fine_tuned_with_examples")
+        best = "fine_tuned" if alone_is_best else "fine_tuned_with_examples"
+        if not force and score(best) < score("few_shot"):
+            return self._update(promotion.id, switched=0)
+        assistant = self.assistants.set_fine_tuned_model(
             actor, name, f"{promotion.provider}:{promotion.fine_tuned_model}"
         )
-        return self._update(promotion.id, switched=1)
+        previous_k = None
+        if alone_is_best and assistant.k != 0:
+            previous_k = assistant.k
+            self.assistants.edit(actor, name, k=0)
+        return self._update(promotion.id, switched=1, previous_k=previous_k)
 
     def rollback(self, actor: Actor, name: str) -> Assistant:
         """Answer with the model used before the latest switch (the few-shot model, or an
-        earlier fine-tune)."""
+        earlier fine-tune), with the k it had."""
         assistant = self.assistants.get_managed(actor, name, "roll back")
         if not assistant.fine_tuned_model:
             raise InvalidInput(f"{assistant.name!r} is not using a fine-tuned model.")
-        switched = list(
+        rows = list(
             self.db.query(
                 "SELECT * FROM promotions WHERE assistant_id = ? AND switched = 1 ORDER BY id DESC LIMIT 1",
                 [assistant.id],
             )
         )
-        previous = Promotion.from_row(switched[0]).previous_model if switched else None
+        switched = Promotion.from_row(rows[0]) if rows else None
         if switched:
-            self._update(switched[0]["id"], switched=0)
+            self._update(switched.id, switched=0)
+            if switched.previous_k is not None:
+                self.assistants.edit(actor, name, k=switched.previous_k)
+        previous = switched.previous_model if switched else None
         return self.assistants.set_fine_tuned_model(actor, name, previous)
 
     # -- the adapter ---------------------------------------------------------------------------

@@ -169,6 +169,12 @@ def m002_external_ids(db: Database) -> None:
     db.execute("ALTER TABLE messages DROP COLUMN external_id")
 
 
+@migrations()
+def m003_promotion_previous_k(db: Database) -> None:
+    # A switch may also set k to 0 (the fine-tuned model alone scored best); rollback restores it.
+    db.execute("ALTER TABLE promotions ADD COLUMN previous_k INTEGER")
+
+
 def _connect(path: Path) -> Database:
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
     db = Database(conn)

@@ -1,0 +1,75 @@
+"""The eval-gated switch and rollback, on stored promotions (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from assistants import TERMINAL, InvalidInput
+
+
+def scores(few, alone, hybrid):
+    def one(exact):
+        return {"exact_match": exact, "token_f1": exact, "model": "m", "k": 0, "outcomes": []}
+
+    return {
+        "few_shot": one(few),
+        "fine_tuned": one(alone),
+        "fine_tuned_with_examples": one(hybrid),
+        "items": 10,
+    }
+
+
+@pytest.fixture
+def promoted(core):
+    assistant = core.assistants.create(TERMINAL, "helper", "Answer.", k=4)
+
+    def add(evaluation):
+        with core.db.conn:
+            core.db.table("promotions").insert(
+                {
+                    "assistant_id": assistant.id,
+                    "provider": "local",
+                    "base_model": "tiny",
+                    "job_id": "ftjob-x",
+                    "status": "succeeded",
+                    "fine_tuned_model": "ft:tiny:helper:ftjob-x",
+                    "evaluation": json.dumps(evaluation) if evaluation else None,
+                    "created_at": "2026-01-01",
+                    "updated_at": "2026-01-01",
+                }
+            )
+
+    return add
+
+
+def test_alone_scoring_best_switches_with_k_zero_and_rollback_restores_k(core, promoted):
+    promoted(scores(few=0.14, alone=0.28, hybrid=0.17))
+    result = core.promotions.switch(TERMINAL, "helper")
+    assert result.switched and result.previous_k == 4
+    assistant = core.assistants.get(TERMINAL, "helper")
+    assert assistant.fine_tuned_model == "local:ft:tiny:helper:ftjob-x" and assistant.k == 0
+    back = core.promotions.rollback(TERMINAL, "helper")
+    assert back.fine_tuned_model is None and back.k == 4
+
+
+def test_the_hybrid_scoring_best_keeps_the_examples(core, promoted):
+    promoted(scores(few=0.14, alone=0.10, hybrid=0.20))
+    assert core.promotions.switch(TERMINAL, "helper").switched
+    assert core.assistants.get(TERMINAL, "helper").k == 4
+
+
+def test_no_switch_when_both_score_below_few_shot_unless_forced(core, promoted):
+    promoted(scores(few=0.30, alone=0.20, hybrid=0.25))
+    assert not core.promotions.switch(TERMINAL, "helper").switched
+    assert core.assistants.get(TERMINAL, "helper").fine_tuned_model is None
+    assert core.promotions.switch(TERMINAL, "helper", force=True).switched
+
+
+def test_an_unevaluated_promotion_switches_only_when_forced(core, promoted):
+    promoted(None)
+    with pytest.raises(InvalidInput):
+        core.promotions.switch(TERMINAL, "helper")
+    assert core.promotions.switch(TERMINAL, "helper", force=True).switched
+    assert core.assistants.get(TERMINAL, "helper").k == 4
