@@ -122,7 +122,11 @@ class JobWorker:
 
     def _validate(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
-        self.store.add_event(job_id, f"Validating training file: {job['training_file']}")
+        with self.store.one_step():  # a cancel since the job was read: nothing to validate
+            current = self.store.get_job(job_id)
+            if current is None or current["status"] != "validating_files":
+                return
+            self.store.add_event(job_id, f"Validating training file: {job['training_file']}")
         for key in ("training_file", "validation_file"):
             file_id = job[key]
             if file_id and not self._file_ok(file_id):
@@ -138,10 +142,11 @@ class JobWorker:
         except ValueError as exc:
             self.store.fail_job(job_id, "invalid_hyperparameters", str(exc))
             return
-        if self.store.update_job(
-            job_id, ("validating_files",), status="queued", hyperparameters=resolved.to_dict()
-        ):
-            self.store.add_event(job_id, "Files validated, moving job to queued state")
+        with self.store.one_step():
+            if self.store.update_job(
+                job_id, ("validating_files",), status="queued", hyperparameters=resolved.to_dict()
+            ):
+                self.store.add_event(job_id, "Files validated, moving job to queued state")
 
     def _file_ok(self, file_id: str) -> bool:
         return self.store.get_file(file_id) is not None and self.store.file_path(file_id).is_file()
