@@ -104,6 +104,16 @@ def stub_server() -> tuple[str, threading.Thread]:
     return f"http://127.0.0.1:{port}/v1", thread
 
 
+def insert_rows(core: Core, assistant_id: int, rows: list[dict]) -> list[int]:
+    """Bulk-insert example rows straight into SQLite (the bench fills the index itself)."""
+    with core.db.conn:
+        core.db.table("examples").insert_all(rows, batch_size=5000)
+    found = core.db.execute(
+        "SELECT id FROM examples WHERE assistant_id = ? ORDER BY id", [assistant_id]
+    )
+    return [r[0] for r in found]
+
+
 def fill(
     core: Core, assistants: int, per: int, base: np.ndarray, base_texts: list[str]
 ) -> list[int]:
@@ -132,14 +142,7 @@ def fill(
             }
             for i, p in enumerate(picks)
         ]
-        with core.db.conn:
-            core.db.table("examples").insert_all(rows, batch_size=5000)
-        ids = [
-            r[0]
-            for r in core.db.execute(
-                "SELECT id FROM examples WHERE assistant_id = ? ORDER BY id", [assistant.id]
-            )
-        ]
+        ids = insert_rows(core, assistant.id, rows)
         index.add(assistant.id, ids, vectors=vectors)
         ids_by_assistant.append(assistant.id)
         done = (a + 1) * per
@@ -170,14 +173,7 @@ def recall(core: Core, k_values: list[int], n: int, queries: int) -> dict[int, f
         }
         for i, t in enumerate(corpus)
     ]
-    with core.db.conn:
-        core.db.table("examples").insert_all(rows, batch_size=5000)
-    ids = [
-        r[0]
-        for r in core.db.execute(
-            "SELECT id FROM examples WHERE assistant_id = ? ORDER BY id", [assistant.id]
-        )
-    ]
+    ids = insert_rows(core, assistant.id, rows)
     index = core.index()
     index.add(assistant.id, ids, vectors=vectors)
     query_vectors = core.embedder.embed(texts(queries, seed=2))

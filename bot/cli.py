@@ -72,6 +72,15 @@ def run(fn, *args: Any, **kwargs: Any) -> Any:
         fail(str(exc))
 
 
+def read_input(file: Path) -> bytes:
+    """A file's bytes, or one clean error line when it cannot be read."""
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        fail(f"Cannot read {file}: {exc.strerror}.")
+        raise  # unreachable: fail exits
+
+
 def write_output(text: str, output: Path | None) -> bool:
     """Print `text`, or write it to `output` whole (a temp file, then a rename); True if written."""
     if output is None:
@@ -279,10 +288,7 @@ def assistant_import(
     """Create an assistant from an exported file (all or nothing)."""
     from assistants.transfer import import_assistant
 
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        fail(f"Cannot read {file}: {exc.strerror}.")
+    data = read_input(file)
     core = open_core()
     assistant, result = run(import_assistant, core, TERMINAL, data, name=name)
     typer.echo(f"Imported {assistant.name} with {result.added} examples.")
@@ -315,10 +321,7 @@ def example_import(
     name: NameArg, file: Annotated[Path, typer.Argument(help="JSONL or CSV file.")]
 ) -> None:
     """Import examples from JSONL ({"input","output"} or {"messages"} lines) or CSV (input,output)."""
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        fail(f"Cannot read {file}: {exc.strerror}.")
+    data = read_input(file)
     core = open_core()
     result = run(core.examples.import_data, TERMINAL, name, file.name, data)
     typer.echo(
