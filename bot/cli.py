@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from assistants import TERMINAL, Core, FewtuneError
-from storage import IndexUnavailable, SettingsError
+from storage import EmbedderUnavailable, IndexUnavailable, SettingsError
 
 app = typer.Typer(
     name="fewtune",
@@ -30,7 +30,7 @@ example_app = typer.Typer(
 app.add_typer(assistant_app, name="assistant")
 app.add_typer(example_app, name="example")
 
-USER_ERRORS = (FewtuneError, SettingsError, IndexUnavailable)
+USER_ERRORS = (FewtuneError, SettingsError, IndexUnavailable, EmbedderUnavailable)
 
 
 class Selector(StrEnum):

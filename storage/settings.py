@@ -116,6 +116,13 @@ def fewtune_home(home: str | Path | None = None) -> Path:
     return path
 
 
+def cache_dir(kind: str) -> Path:
+    """A per-user cache folder for things derived from installed files (compiled kernels, the
+    embedder's ONNX graph): shared by every FEWTUNE_HOME, safe to delete."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fewtune" / kind
+
+
 _BUILT_IN_PROVIDERS = {
     "openai": ProviderConfig("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
 }

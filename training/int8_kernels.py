@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from storage.settings import cache_dir
+
 log = logging.getLogger(__name__)
 
 # Rows of x processed by the kernel; longer inputs (a prompt) use a dequantized fp32 matmul.
@@ -120,11 +122,6 @@ _kernel: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fewtune" / "kernels"
-
-
 def _compile() -> ctypes.CDLL | None:
     if "avx2" not in torch.backends.cpu.get_cpu_capability().lower() and not _has_avx2():
         log.info("int8 kernel: no AVX2 on this CPU; using the PyTorch fallback")
@@ -134,7 +131,7 @@ def _compile() -> ctypes.CDLL | None:
         log.info("int8 kernel: no C compiler found; using the PyTorch fallback")
         return None
     digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"gemv_i8-{digest}.so"
+    target = cache_dir("kernels") / f"gemv_i8-{digest}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
