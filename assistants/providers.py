@@ -104,6 +104,10 @@ class Providers:
                     api_key=key or "none",
                     timeout=config.timeout,
                     max_retries=config.max_retries,
+                    # openai's own aiohttp transport (vendored in the package): for 200 chats
+                    # at once it cost half the CPU of the default httpx pool, which checks every
+                    # pooled connection on each request (docs/benchmarks.md).
+                    http_client=openai.DefaultAioHttpClient(timeout=config.timeout),
                 )
                 self._clients[cache_key] = client
         return client
@@ -169,16 +173,29 @@ class Providers:
     ) -> AsyncIterator[Chunk]:
         import openai
 
+        body: dict[str, Any] = {
+            "model": model.model,
+            "messages": messages,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         for attempt in (1, 2):
             client = await self.client(model.provider)
             try:
-                stream = await client.chat.completions.create(  # type: ignore[call-overload]
-                    model=model.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=temperature,
-                    max_tokens=max_tokens,
+                # The openai client's own request path (`client.post`, as its README shows for
+                # any endpoint: same retries, timeouts, errors), given the body as plain JSON
+                # and reading chunks as dicts: `chat.completions.create` walks every message
+                # through its type transforms and builds a model object per chunk, which was
+                # half the bot's CPU for 200 chats at once (docs/benchmarks.md).
+                stream = await client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=dict,
                     stream=True,
-                    stream_options={"include_usage": True},
+                    stream_cls=openai.AsyncStream[dict[str, Any]],
                 )
                 break
             except openai.APIConnectionError as exc:
@@ -191,15 +208,13 @@ class Providers:
                 raise ProviderError(describe(model, exc)) from exc
         try:
             async for event in stream:
-                chunk = Chunk()
-                if event.choices:
-                    chunk.text = event.choices[0].delta.content or ""
-                if event.usage is not None:
-                    chunk.prompt_tokens = event.usage.prompt_tokens
-                    chunk.completion_tokens = event.usage.completion_tokens
-                yield chunk
+                yield parse_chunk(event)
         except openai.APIError as exc:
             raise ProviderError(describe(model, exc)) from exc
+        except (TypeError, AttributeError, IndexError, KeyError, ValueError) as exc:
+            raise ProviderError(
+                f"The provider {model.provider!r} sent a chunk that is not an OpenAI chat chunk."
+            ) from exc
 
     async def close(self) -> None:
         """Close the clients made on this loop and on the model loop."""
@@ -217,12 +232,38 @@ class Providers:
             self._clients.pop((key, loop_id), None)
 
 
+def parse_chunk(event: dict[str, Any]) -> Chunk:
+    """A streamed `chat.completion.chunk` (as JSON) to a Chunk."""
+    chunk = Chunk()
+    choices = event.get("choices")
+    if choices:
+        chunk.text = (choices[0].get("delta") or {}).get("content") or ""
+    usage = event.get("usage")
+    if usage:
+        chunk.prompt_tokens = usage.get("prompt_tokens")
+        chunk.completion_tokens = usage.get("completion_tokens")
+    return chunk
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection was refused or unreachable somewhere in the error's causes: the
+    aiohttp transport reports a refused connection as a connect *timeout*."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or (
+            isinstance(seen, OSError) and not isinstance(seen, TimeoutError) and seen.errno
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def describe(model: ModelRef, exc: Any) -> str:
     """One sentence for a provider failure."""
     import openai
 
     where = f"provider {model.provider!r}"
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return f"The model {model} did not answer in time; try again in a moment."
     if isinstance(exc, openai.APIConnectionError):
         return f"Could not reach {where}; check that it is running and try again."

@@ -57,6 +57,15 @@ def start_echo_server(home: Path, delay: float) -> tuple[subprocess.Popen, str, 
     return process, json.loads(info.read_text())["url"], (home / "server.token").read_text()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux); nan elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class LagMonitor:
     """How late a 5 ms sleep wakes up, sampled continuously."""
 
@@ -79,19 +88,6 @@ class LagMonitor:
     def stop(self) -> None:
         if self._task:
             self._task.cancel()
-
-
-def use_aiohttp_for_openai() -> None:
-    """Every AsyncOpenAI made from now on uses openai's aiohttp transport (an experiment)."""
-    import openai
-
-    plain_init = openai.AsyncOpenAI.__init__
-
-    def init(self, *args, **kwargs):
-        kwargs.setdefault("http_client", openai.DefaultAioHttpClient(timeout=kwargs.get("timeout")))
-        plain_init(self, *args, **kwargs)
-
-    openai.AsyncOpenAI.__init__ = init  # type: ignore[method-assign]
 
 
 # -- the users' side: FakeDiscord in its own process --------------------------------------
@@ -249,14 +245,18 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         monitor = LagMonitor()
         monitor.start()
         await asyncio.sleep(0.2)
+        pids = {"bot": os.getpid(), "discord": driver.pid, "model": server.pid}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         tell("go")
         result = await hear_driver()
         monitor.stop()
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         await bot.close()
         await asyncio.wait_for(runner, 10)
         tell("bye")
         await asyncio.get_running_loop().shutdown_default_executor()  # see bot/discord serve()
+        await core.providers.close()
         core.close()
         lags = sorted(monitor.lags)
         worst = sorted(zip(monitor.lags, monitor.at, strict=True), reverse=True)[:5]
@@ -278,6 +278,7 @@ async def bench(users: int, delay: float) -> dict[str, float]:
                 "lag_p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
                 "lag_median_ms": 1000 * statistics.median(lags) if lags else 0.0,
                 "failed": users - result["answered"],
+                **{f"cpu_{name}_s": seconds for name, seconds in cpu.items()},
             }
         )
         return result
@@ -294,18 +295,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--delay", type=float, default=1.0)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--aiohttp-provider",
-        action="store_true",
-        help="an experiment: give the core's openai clients aiohttp instead of the bundled httpx "
-        "(whose connection pool checks every connection on every request: quadratic at 200)",
-    )
     args = parser.parse_args()
     if args.drive:
         asyncio.run(drive(args.users))
         return
-    if args.aiohttp_provider:
-        use_aiohttp_for_openai()
     result = asyncio.run(bench(args.users, args.delay))
     print(f"users:            {result['users']} (unanswered: {result['failed']})")
     print(
@@ -320,6 +313,11 @@ def main() -> None:
         f"core overhead:    median {result['core_overhead_ms_median']:.0f} ms, "
         f"p95 {result['core_overhead_ms_p95']:.0f} ms, max {result['core_overhead_ms_max']:.0f} ms "
         "per message"
+    )
+    print(
+        f"CPU in the burst: bot {result['cpu_bot_s']:.2f} s, fake Discord and its users "
+        f"{result['cpu_discord_s']:.2f} s, model server {result['cpu_model_s']:.2f} s "
+        f"(on {os.cpu_count()} cores)"
     )
     print(f"slowest ack:      {result['ack_max_s']:.2f} s (Discord requires < 3 s)")
     print(

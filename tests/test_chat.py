@@ -119,6 +119,33 @@ def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
     core.close()
 
 
+def test_a_provider_that_never_answers_times_out_with_one_clear_line(
+    fewtune_home, embedder, monkeypatch
+):
+    """A server that accepts the connection and then says nothing: the timeout bounds the wait."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    (fewtune_home / "fewtune.toml").write_text(
+        f'[providers.mute]\nbase_url = "http://127.0.0.1:{port}/v1"\nmax_retries = 0\n'
+        "timeout = 0.5\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
+    core = Core.open(fewtune_home)
+    core.assistants.create(TERMINAL, "helper", "Answer.", model="mute:any", k=0)
+    try:
+        result = runner.invoke(app, ["ask", "helper", "hello"])
+    finally:
+        listener.close()
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: The model mute:any did not answer in time; try again in a moment."
+    ]
+    core.close()
+
+
 def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core):
     result = runner.invoke(app, ["chat", "helper"], input="two\n/new\nthree\n/exit\n")
     assert result.exit_code == 0, result.output

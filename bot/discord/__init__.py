@@ -70,6 +70,7 @@ async def serve(settings: Settings, token: str, *, ready: asyncio.Event | None =
         # Core calls still running in worker threads (a handler's last write) finish first:
         # closing the database under them would crash the process.
         await loop.shutdown_default_executor()
+        await core.providers.close()  # the model clients' connections
         core.close()
 
 

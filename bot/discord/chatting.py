@@ -20,7 +20,7 @@ from discord.utils import MISSING
 
 from assistants import Actor, Conversation, FewtuneError, ProviderError, Reply
 from bot.discord.actors import actor_of, actor_of_message
-from bot.discord.replies import NO_MENTIONS, say
+from bot.discord.replies import NO_MENTIONS, say, withdraw
 from bot.discord.stream import LiveReply, Post
 
 if TYPE_CHECKING:
@@ -89,14 +89,16 @@ class Chatter:
             return
         channel = interaction.channel
         thread = channel if isinstance(channel, discord.Thread) else None
+        # Acknowledge before any core work: under a burst the core's threads are busy and a
+        # lookup first could miss Discord's 3 s deadline (measured: bench/discord_load.py).
+        await interaction.response.defer(thinking=True)
         try:
             conversation = await asyncio.to_thread(
                 self._conversation_for, actor, name, channel, thread
             )
-        except FewtuneError as exc:  # refused before deferring, so the refusal stays ephemeral
-            await say(interaction, str(exc))
+        except FewtuneError as exc:
+            await withdraw(interaction, str(exc))
             return
-        await interaction.response.defer(thinking=True)
 
         async def post(content: str, view: discord.ui.View | None) -> discord.Message:
             return await interaction.followup.send(
@@ -199,7 +201,11 @@ class Chatter:
             return self._dm_conversation(actor, message)
         channel = message.channel
         if isinstance(channel, discord.Thread):
-            in_thread = chat.conversation_for_thread(str(channel.id))
+            # A thread started from an answer has the answer's id: that finds the conversation
+            # even before the thread's id is stored (a user may write as soon as it appears).
+            in_thread = chat.conversation_for_thread(
+                str(channel.id)
+            ) or chat.conversation_for_message(str(channel.id))
             if in_thread is not None:
                 return in_thread
         addressed = me in message.mentions

@@ -3,6 +3,7 @@ core's errors into that sentence. Nothing is swallowed: unexpected errors are lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,14 @@ async def say(
         await interaction.response.send_message(
             content, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS, **kw
         )
+
+
+async def withdraw(interaction: discord.Interaction, text: str) -> None:
+    """After a public defer, refuse privately: remove the "thinking…" placeholder (a follow-up
+    would fill it, public) and say `text` to the user alone."""
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.delete_original_response()
+    await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 @asynccontextmanager

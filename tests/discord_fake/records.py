@@ -365,10 +365,13 @@ class Interaction:
 
     @property
     def ephemeral(self) -> bool:
-        return bool(self.original and self.original.ephemeral)
+        """Whether everything the user can see of the answer is for them alone."""
+        shown = self.messages()
+        return bool(shown) and all(m.ephemeral for m in shown)
 
     def messages(self) -> list[Message]:
-        return [m for m in [self.original, *self.followups] if m is not None]
+        """The answer's messages still shown (a deleted one is gone, as in Discord)."""
+        return [m for m in [self.original, *self.followups] if m is not None and not m.deleted]
 
     def texts(self) -> list[str]:
         """Contents and embed texts of the original response and follow-ups, in order."""

@@ -239,7 +239,8 @@ class Rest:
             return error(404, "Unknown Webhook", 10015)
         body, files = await read_body(self.fake, request)
         original = ix.original
-        if original is not None and original.flags & LOADING and not original.edits:
+        loading = original is not None and original.flags & LOADING and not original.edits
+        if loading and not original.deleted:
             # Discord fills a deferred "thinking" response with the first follow-up.
             original.flags &= ~LOADING
             self.fake.apply_edit(original, body, files)

@@ -85,6 +85,7 @@ async def world(fewtune_home, embedder, model, serve_url):
         # A handler's last core call (e.g. linking the thread it just opened) may still run in
         # a worker thread: let it finish before the database closes under it (a segfault).
         await asyncio.get_running_loop().shutdown_default_executor()
+    await core.providers.close()
     core.close()
 
 
