@@ -91,7 +91,8 @@ class Chatter:
         thread = channel if isinstance(channel, discord.Thread) else None
         # Acknowledge before any core work: under a burst the core's threads are busy and a
         # lookup first could miss Discord's 3 s deadline (measured: bench/discord_load.py).
-        await interaction.response.defer(thinking=True)
+        async with self.bot.acks:
+            await interaction.response.defer(thinking=True)
         try:
             conversation = await asyncio.to_thread(
                 self._conversation_for, actor, name, channel, thread
