@@ -115,7 +115,10 @@ class ChatEngine:
         self.base_name = model if model is not None else settings.server.model
         self.echo_only = self.base_name.strip().lower() == ECHO_MODEL
         self.base_model = ECHO_MODEL if self.echo_only else public_name(self.base_name)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewtune-gen")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fewtune-gen", initializer=self._mark_thread
+        )
+        self._generation_thread: int | None = None
         self._load_lock = threading.Lock()
         self._model: Any = None
         self._peft: Any = None
@@ -152,10 +155,25 @@ class ChatEngine:
     def loaded(self) -> bool:
         return self.echo_only or self._model is not None
 
+    def _mark_thread(self) -> None:
+        self._generation_thread = threading.get_ident()
+
     def load(self) -> None:
-        """Load the base model and tokenizer (blocking; converts the embedded GGUF once)."""
+        """Load the base model and tokenizer (blocking; converts the embedded GGUF once).
+
+        All of the engine's torch work runs on its one generation thread, loading included:
+        OpenMP keeps a pool of threads for each thread that starts parallel work, and once two
+        threads had one there were more OpenMP threads than cores on a 2-core machine, libgomp
+        stopped spinning between parallel regions, and the int8 kernel ran 3x slower (decoding
+        at 2 threads fell below 1 thread's speed; bench/decode_speed.py)."""
         if self.echo_only:
             return
+        if threading.get_ident() == self._generation_thread:
+            self._load()
+        else:
+            self._executor.submit(self._load).result()
+
+    def _load(self) -> None:
         with self._load_lock:
             if self._model is not None:
                 return
