@@ -107,6 +107,18 @@ async def test_streaming_edits_at_most_about_once_a_second(world: World):
     assert len(times) <= 3.5 / 1.0 + 2
 
 
+async def test_a_reply_done_within_the_interval_is_shown_once_with_its_buttons(world: World):
+    w = world
+    w.bot.stream_interval = 1.0
+    w.model.chunk_delay = 0.05  # four chunks, done in about 0.2 s
+    await create_assistant(w, w.alice, "helper")
+    use_scripted(w, "helper", w.alice)
+    ix = await ask(w, w.bob, "one two three")
+    message = ix.original
+    assert [e.content for e in message.edits] == ["echo: one two three"]  # no partial text first
+    assert message.buttons()
+
+
 async def test_long_reply_splits_under_2000_without_breaking_code(world: World):
     w = world
     code = "\n".join(f"    print({i})  # some comment to make the line longer" for i in range(80))

@@ -51,7 +51,7 @@ class Chatter:
     ) -> tuple[Reply | None, LiveReply]:
         from bot.discord.items import feedback_view
 
-        live = LiveReply(post, self.bot.stream_interval)
+        live = LiveReply(post, self.bot.stream_interval, self.bot.pace)
         try:
             reply = await self.core.chat.reply(
                 actor, conversation.id, text, on_delta=live.update, external_id=external_id
@@ -91,7 +91,7 @@ class Chatter:
         thread = channel if isinstance(channel, discord.Thread) else None
         # Acknowledge before any core work: under a burst the core's threads are busy and a
         # lookup first could miss Discord's 3 s deadline (measured: bench/discord_load.py).
-        async with self.bot.acks:
+        async with self.bot.pace:
             await interaction.response.defer(thinking=True)
         try:
             conversation = await asyncio.to_thread(

@@ -19,11 +19,11 @@ from bot.discord.ratelimit import UserRateLimiter
 from bot.discord.replies import UNEXPECTED, say
 
 log = logging.getLogger("fewtune.discord")
-# Acknowledgements in flight at once. Unpaced, a burst of interactions (200 users at once) woke
-# every handler in the same turn of the event loop and paused it for about 100 ms; paced by 8,
-# the worst pause was about 25 ms and every acknowledgement still landed within half a second
-# (bench/discord_load.py, docs/benchmarks.md).
-ACKS_IN_FLIGHT = 8
+# Discord calls in flight at once from chat handlers (acknowledgements, reply posts and edits).
+# Unpaced, a burst (200 users at once) woke every handler in the same turn of the event loop
+# and paused it for 100 ms or more; paced by 8, pauses stayed near 25 ms and every
+# acknowledgement still landed within half a second (bench/discord_load.py, docs/benchmarks.md).
+CALLS_IN_FLIGHT = 8
 
 
 def intents() -> discord.Intents:
@@ -64,7 +64,7 @@ class FewtuneBot(commands.Bot):
             else rate_limit_per_minute
         )
         self.limiter = UserRateLimiter(per_minute)
-        self.acks = asyncio.Semaphore(ACKS_IN_FLIGHT)
+        self.pace = asyncio.Semaphore(CALLS_IN_FLIGHT)
         self.chatter = Chatter(self)
         self.promoter = Promoter(self)
         self.synced: list[app_commands.AppCommand] = []
