@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -155,6 +156,44 @@ async def test_bound_channel_mention_and_reply_chain(world: World):
         what="an answer to the new mention",
     )
     assert conversation_of(w.core, "fresh start") != conversation_of(w.core, "what is 2+2?")
+
+
+async def test_a_reply_to_an_answer_not_yet_linked_continues_its_conversation(world: World):
+    """A short answer is posted complete and linked right after; a user quicker than the link
+    (here: the link removed) is still in the same conversation, in a bound channel and after
+    /chat alike."""
+    w = world
+    await create_assistant(w, w.alice, "helper")
+    bound = await w.fake.slash(
+        "assistant", "use", user=w.manager, channel=w.channel, options={"name": "helper"}
+    )
+    await w.fake.answered(bound)
+    first = await w.fake.user_message(w.channel, w.bob, "what is 2+2?", mention_bot=True)
+    answer = await w.fake.wait_until(
+        lambda: next((m for m in w.fake.bot_messages(w.channel) if m.reference is first), None),
+        what="an answer to the mention",
+    )
+    await w.fake.wait_until(lambda: answer.buttons(), what="the complete answer")
+    ix = await w.fake.slash(
+        "chat", user=w.bob, channel=w.channel, options={"assistant": "helper", "message": "hi"}
+    )
+    await w.fake.wait_until(lambda: ix.original and ix.original.buttons(), what="the answer")
+    await asyncio.sleep(0.3)  # the links are written; remove the answers' own
+    for message in (answer, ix.original):
+        w.core.db.execute("DELETE FROM external_ids WHERE external_id = ?", [str(message.id)])
+    w.core.db.conn.commit()
+
+    for question, replied in (("and 3+3?", answer), ("and then?", ix.original)):
+        follow = await w.fake.user_message(w.channel, w.bob, question, reply_to=replied)
+        again = await w.fake.wait_until(
+            lambda f=follow: next(
+                (m for m in w.fake.bot_messages(w.channel) if m.reference is f), None
+            ),
+            what="an answer in the reply chain",
+        )
+        await w.fake.wait_until(lambda a=again: a.buttons(), what="the complete answer")
+    assert conversation_of(w.core, "and 3+3?") == conversation_of(w.core, "what is 2+2?")
+    assert conversation_of(w.core, "and then?") == conversation_of(w.core, "hi")
 
 
 async def test_dm_uses_the_last_assistant(world: World):

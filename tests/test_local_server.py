@@ -102,6 +102,8 @@ def test_stop_removes_server_json(echo_settings: Settings) -> None:
     assert server.pid is not None and wait_gone(server.pid, 10)
     assert not (echo_settings.home / "server.json").exists()
     assert stop_local_server(echo_settings) is False
+    log = (echo_settings.home / "logs" / "server.log").read_text()
+    assert "Finished server process" in log and "Traceback" not in log, log  # a clean SIGTERM
 
 
 def test_idle_timeout_stops_the_server(fewtune_home: Path) -> None:

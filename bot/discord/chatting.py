@@ -62,8 +62,8 @@ class Chatter:
             await live.render(f"{partial}\n\n⚠️ {exc}".strip())
             return None, live
         # Every part of a split reply is linked, so replying to any part continues the chat.
-        # The parts already shown are linked before the buttons appear: a user who answers as
-        # soon as the reply looks complete must find the conversation.
+        # The parts already shown are linked before the buttons appear; a reply posted complete
+        # is linked just after, and a user quicker than that is found by `_origin`.
         linked = [str(m.id) for m in live.messages]
         await asyncio.to_thread(self._link, reply.message_id, linked)
         await live.render(reply.text or "(the model sent an empty reply)", feedback_view(reply))
@@ -195,7 +195,7 @@ class Chatter:
         chat = self.core.chat
         reference = message.reference.message_id if message.reference else None
         if reference is not None:
-            continued = chat.conversation_for_message(str(reference))
+            continued = chat.conversation_for_message(str(reference)) or self._origin(message)
             if continued is not None:
                 return continued
         if message.guild is None:
@@ -228,6 +228,22 @@ class Chatter:
             )
         except FewtuneError as exc:
             return str(exc)
+
+    def _origin(self, message: discord.Message) -> Conversation | None:
+        """The conversation of a reply to an answer whose id is not linked yet (a short answer
+        is posted complete, buttons and all, and linked right after): found through what the
+        answer itself answered, a user's message or a /chat interaction, stored before it."""
+        chat = self.core.chat
+        answer = message.reference.resolved if message.reference else None
+        if not isinstance(answer, discord.Message) or answer.author != self.bot.user:
+            return None
+        if answer.reference and answer.reference.message_id:
+            found = chat.conversation_for_message(str(answer.reference.message_id))
+            if found is not None:
+                return found
+        if answer.interaction_metadata is not None:
+            return chat.conversation_for_message(f"interaction:{answer.interaction_metadata.id}")
+        return None
 
     def _dm_conversation(self, actor: Actor, message: discord.Message) -> Conversation | str:
         """The DM's latest conversation with the user's last-used assistant (kept in SQLite, so

@@ -67,10 +67,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # uvicorn re-raises the signal after shutdown: end through finally
-
-
 def serve(
     settings: Settings,
     host: str | None = None,
@@ -100,7 +96,15 @@ def serve(
     server = uvicorn.Server(config)
     info_path = server_json_path(settings)
 
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
     async def main() -> None:
+        # While serving, SIGINT/SIGTERM ask uvicorn to stop. uvicorn handles them itself while it
+        # runs and re-raises the signal once shut down; landing here then, it ends cleanly
+        # instead of raising KeyboardInterrupt inside the server's task (a stray traceback).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():
@@ -122,13 +126,14 @@ def serve(
             await asyncio.sleep(min(1.0, idle_timeout / 4) if idle_timeout else 1.0)
         await task
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _remove_if_ours(info_path)
         engine.close()
 
