@@ -93,17 +93,23 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
-    fewtune_home, embedder, monkeypatch
-):
-    (fewtune_home / "fewtune.toml").write_text(
-        f'[providers.down]\nbase_url = "http://127.0.0.1:{closed_port()}/v1"\nmax_retries = 1\n'
-        "timeout = 5\n",
+def core_with_provider(home, embedder, monkeypatch, name: str, port: int, settings: str):
+    """A Core whose assistant `helper` talks to provider `name` on a loopback port."""
+    (home / "fewtune.toml").write_text(
+        f'[providers.{name}]\nbase_url = "http://127.0.0.1:{port}/v1"\n{settings}',
         encoding="utf-8",
     )
     monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
-    core = Core.open(fewtune_home)
-    core.assistants.create(TERMINAL, "helper", "Answer.", model="down:any", k=0)
+    core = Core.open(home)
+    core.assistants.create(TERMINAL, "helper", "Answer.", model=f"{name}:any", k=0)
+    return core
+
+
+def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
+    fewtune_home, embedder, monkeypatch
+):
+    settings = "max_retries = 1\ntimeout = 5\n"
+    core = core_with_provider(fewtune_home, embedder, monkeypatch, "down", closed_port(), settings)
     result = runner.invoke(app, ["ask", "helper", "hello"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
@@ -112,10 +118,16 @@ def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
     rows = list(core.db.query("SELECT role, status, content FROM messages ORDER BY id"))
     assert rows[0] == {"role": "user", "status": "ok", "content": "hello"}
     assert rows[1]["status"] == "error"
+    async def ask_again() -> None:
+        try:
+            await core.chat.ask(TERMINAL, "helper", "again")
+        finally:
+            await core.providers.close()
+
     with pytest.raises(ProviderError):
         import asyncio
 
-        asyncio.run(core.chat.ask(TERMINAL, "helper", "again"))
+        asyncio.run(ask_again())
     core.close()
 
 
@@ -123,22 +135,13 @@ def test_a_provider_that_never_answers_times_out_with_one_clear_line(
     fewtune_home, embedder, monkeypatch
 ):
     """A server that accepts the connection and then says nothing: the timeout bounds the wait."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    (fewtune_home / "fewtune.toml").write_text(
-        f'[providers.mute]\nbase_url = "http://127.0.0.1:{port}/v1"\nmax_retries = 0\n'
-        "timeout = 0.5\n",
-        encoding="utf-8",
-    )
-    monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
-    core = Core.open(fewtune_home)
-    core.assistants.create(TERMINAL, "helper", "Answer.", model="mute:any", k=0)
-    try:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        settings = "max_retries = 0\ntimeout = 0.5\n"
+        core = core_with_provider(fewtune_home, embedder, monkeypatch, "mute", port, settings)
         result = runner.invoke(app, ["ask", "helper", "hello"])
-    finally:
-        listener.close()
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "Error: The model mute:any did not answer in time; try again in a moment."
