@@ -186,6 +186,7 @@ def test_job_trains_publishes_and_serves_the_adapter(
     assert [m.data["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(m.data["train_loss"] > 0 for m in metrics)
     assert metrics[-1].data["valid_loss"] is not None
+    assert metrics[-1].data["full_valid_loss"] == metrics[-1].data["valid_loss"]  # the last step
     assert events[-1].message == "The job has successfully completed"
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [2]

@@ -235,6 +235,23 @@ def test_validation_loss_is_reported_and_falls(tiny_model, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir()) == ["step-6", "step-8"]
 
 
+def test_validation_in_between_scores_a_sample_and_the_end_scores_the_whole_file(
+    tiny_model, tmp_path
+):
+    data = numbers_file(tmp_path / "train.jsonl")
+    chats = len(data.read_text().splitlines())
+    events: list[dict] = []
+    config = TrainConfig(**{**FAST.__dict__, "n_epochs": 2, "eval_every": 2, "valid_sample": 2})
+    result = train(
+        config, tiny_model, data, tmp_path / "out", validation_file=data, on_event=events.append
+    )
+    scored = [e for e in events if e["type"] == "metrics" and "valid_loss" in e]
+    assert [e["valid_chats"] for e in scored[:-1]] == [2] * (len(scored) - 1)
+    assert scored[-1]["valid_chats"] == chats > 2
+    assert all("full_valid_loss" not in e for e in scored[:-1])
+    assert scored[-1]["full_valid_loss"] == scored[-1]["valid_loss"] == result.valid_loss
+
+
 def test_should_stop_cancels_and_resume_gives_the_uninterrupted_result(tiny_model, tmp_path):
     data = numbers_file(tmp_path / "train.jsonl")
     config = TrainConfig(

@@ -82,6 +82,9 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps; 0 disables periodic checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
     eval_every: int | None = None  # steps between validation runs; None: about 10 per run
+    # Validation chats scored at the steps in between (a fixed spread of the file, as OpenAI's
+    # per-step `valid_loss`); the last step scores the whole file (`full_valid_loss`).
+    valid_sample: int = 64
     log_every: int = 1  # steps between metrics events
     max_steps: int | None = None  # stop early after this many steps (tests, benchmarks)
     gradient_checkpointing: bool | None = None  # None: on with CUDA (memory), off on the CPU
@@ -339,6 +342,8 @@ class _Run:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         eval_every = config.eval_every or max(1, total_steps // 10)
+        spread = max(1, math.ceil(len(valid_set) / config.valid_sample))
+        valid_sample = valid_set[::spread]  # the whole file when it is small
 
         model = self.build_model()
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -403,7 +408,11 @@ class _Run:
                     "elapsed": round(time.monotonic() - self.started, 3),
                 }
                 if valid_set and (step % eval_every == 0 or last):
-                    valid_loss = event["valid_loss"] = self.evaluate(loss_model, valid_set, pad_id)
+                    scored = valid_set if last else valid_sample
+                    valid_loss = event["valid_loss"] = self.evaluate(loss_model, scored, pad_id)
+                    event["valid_chats"] = len(scored)
+                    if last:
+                        event["full_valid_loss"] = valid_loss
                 self.emit(event)
             if config.checkpoint_every and step % config.checkpoint_every == 0 and not last:
                 save(step)
@@ -685,7 +694,14 @@ def _assistant_loss_class() -> type:
 
 
 # Options that do not change what is learned; a checkpoint resumes even if they differ.
-_BOOKKEEPING = {"checkpoint_every", "keep_checkpoints", "eval_every", "log_every", "max_steps"}
+_BOOKKEEPING = {
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "valid_sample",
+    "log_every",
+    "max_steps",
+}
 
 
 def _resume_relevant(config: TrainConfig) -> dict[str, Any]:
@@ -695,7 +711,15 @@ def _resume_relevant(config: TrainConfig) -> dict[str, Any]:
 
 
 def _check_config(config: TrainConfig) -> None:
-    positive = ("n_epochs", "batch_size", "grad_accum", "max_seq_len", "lora_r", "log_every")
+    positive = (
+        "n_epochs",
+        "batch_size",
+        "grad_accum",
+        "max_seq_len",
+        "lora_r",
+        "log_every",
+        "valid_sample",
+    )
     for name in positive:
         if getattr(config, name) < 1:
             raise TrainError(f"{name} must be at least 1")

@@ -61,6 +61,7 @@ class TrainerOptions(BaseModel):
     keep_checkpoints: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
     eval_every: int | None = Field(None, ge=1)
+    valid_sample: int | None = Field(None, ge=1)
     log_every: int | None = Field(None, ge=1)
     max_seq_len: int | None = Field(None, ge=16)
     lora_r: int | None = Field(None, ge=1, le=1024)

@@ -330,7 +330,15 @@ class JobWorker:
         elif kind == "metrics":
             data = {
                 key: event.get(key)
-                for key in ("step", "total_steps", "epoch", "train_loss", "valid_loss", "tokens")
+                for key in (
+                    "step",
+                    "total_steps",
+                    "epoch",
+                    "train_loss",
+                    "valid_loss",
+                    "full_valid_loss",
+                    "tokens",
+                )
             }
             data["learning_rate"] = event.get("learning_rate")
             running.last_metrics = data
