@@ -118,6 +118,7 @@ def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
     rows = list(core.db.query("SELECT role, status, content FROM messages ORDER BY id"))
     assert rows[0] == {"role": "user", "status": "ok", "content": "hello"}
     assert rows[1]["status"] == "error"
+
     async def ask_again() -> None:
         try:
             await core.chat.ask(TERMINAL, "helper", "again")
