@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from discord_fake.harness import running_bot  # noqa: E402
 from discord_fake.world import (  # noqa: E402, F401
     World,
+    answer_to,
+    bind,
     conversation_of,
     create_assistant,
     model,
@@ -113,11 +115,7 @@ async def test_chat_answers_streams_opens_thread_and_follow_up_continues(world: 
     assert "helper" in thread.name
 
     follow = await w.fake.user_message(thread, w.bob, "and again?")
-    answer = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(thread) if m.reference is follow), None),
-        what="the follow-up answer",
-    )
-    await w.fake.wait_until(lambda: answer.buttons(), what="the follow-up's buttons")
+    answer = await answer_to(w, follow, "the follow-up answer")
     assert answer.content == "echo: and again?"
     # One conversation: the follow-up continued the first exchange.
     assert conversation_of(w.core, "and again?") == conversation_of(w.core, "hello there")
@@ -134,20 +132,12 @@ async def test_bound_channel_mention_and_reply_chain(world: World):
 
     ignored = await w.fake.user_message(w.channel, w.bob, "just chatting, no mention")
     first = await w.fake.user_message(w.channel, w.bob, "what is 2+2?", mention_bot=True)
-    answer = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(w.channel) if m.reference is first), None),
-        what="an answer to the mention",
-    )
-    await w.fake.wait_until(lambda: answer.buttons(), what="the complete answer")
+    answer = await answer_to(w, first, "an answer to the mention")
     assert answer.content == "echo: what is 2+2?"
     assert not any(m.reference is ignored for m in w.fake.bot_messages(w.channel))
 
     second = await w.fake.user_message(w.channel, w.bob, "and 3+3?", reply_to=answer)
-    again = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(w.channel) if m.reference is second), None),
-        what="an answer in the reply chain",
-    )
-    await w.fake.wait_until(lambda: again.buttons(), what="the complete answer")
+    await answer_to(w, second, "an answer in the reply chain")
     assert conversation_of(w.core, "and 3+3?") == conversation_of(w.core, "what is 2+2?")
     # A new mention (not a reply) starts a new conversation.
     third = await w.fake.user_message(w.channel, w.bob, "fresh start", mention_bot=True)
@@ -164,16 +154,9 @@ async def test_a_reply_to_an_answer_not_yet_linked_continues_its_conversation(wo
     /chat alike."""
     w = world
     await create_assistant(w, w.alice, "helper")
-    bound = await w.fake.slash(
-        "assistant", "use", user=w.manager, channel=w.channel, options={"name": "helper"}
-    )
-    await w.fake.answered(bound)
+    await bind(w)
     first = await w.fake.user_message(w.channel, w.bob, "what is 2+2?", mention_bot=True)
-    answer = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(w.channel) if m.reference is first), None),
-        what="an answer to the mention",
-    )
-    await w.fake.wait_until(lambda: answer.buttons(), what="the complete answer")
+    answer = await answer_to(w, first, "an answer to the mention")
     ix = await w.fake.slash(
         "chat", user=w.bob, channel=w.channel, options={"assistant": "helper", "message": "hi"}
     )
@@ -185,13 +168,7 @@ async def test_a_reply_to_an_answer_not_yet_linked_continues_its_conversation(wo
 
     for question, replied in (("and 3+3?", answer), ("and then?", ix.original)):
         follow = await w.fake.user_message(w.channel, w.bob, question, reply_to=replied)
-        again = await w.fake.wait_until(
-            lambda f=follow: next(
-                (m for m in w.fake.bot_messages(w.channel) if m.reference is f), None
-            ),
-            what="an answer in the reply chain",
-        )
-        await w.fake.wait_until(lambda a=again: a.buttons(), what="the complete answer")
+        await answer_to(w, follow, "an answer in the reply chain")
     assert conversation_of(w.core, "and 3+3?") == conversation_of(w.core, "what is 2+2?")
     assert conversation_of(w.core, "and then?") == conversation_of(w.core, "hi")
 
@@ -205,11 +182,7 @@ async def test_dm_uses_the_last_assistant(world: World):
     await w.fake.wait_until(lambda: ix.original and ix.original.buttons(), what="the answer")
     dm = w.fake.dm_channel(w.alice)
     asked = await w.fake.user_message(dm, w.alice, "in private")
-    answer = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(dm) if m.reference is asked), None),
-        what="a DM answer",
-    )
-    await w.fake.wait_until(lambda: answer.buttons(), what="the complete DM answer")
+    answer = await answer_to(w, asked, "a DM answer")
     assert answer.content == "echo: in private"
 
     newcomer = await w.fake.user_message(w.fake.dm_channel(w.bob), w.bob, "hi")
@@ -224,9 +197,5 @@ async def test_dm_uses_the_last_assistant(world: World):
     await w.fake.wait_until(lambda: not w.fake.sessions, what="the old session to close")
     async with running_bot(w.fake, w.core, stream_interval=0.2):
         again = await w.fake.user_message(dm, w.alice, "still there?")
-        answer = await w.fake.wait_until(
-            lambda: next((m for m in w.fake.bot_messages(dm) if m.reference is again), None),
-            what="a DM answer after the restart",
-        )
-        await w.fake.wait_until(lambda: answer.buttons(), what="the complete DM answer")
+        await answer_to(w, again, "a DM answer after the restart")
         assert conversation_of(w.core, "still there?") == conversation_of(w.core, "in private")

@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from discord_fake.world import (  # noqa: E402, F401
     World,
+    answer_to,
+    bind,
     conversation_of,
     create_assistant,
     model,
@@ -152,34 +154,19 @@ async def test_model_output_never_pings(world: World):
     ix = await ask(w, w.alice, "ping them")
     assert ix.original.content.startswith("@everyone")
     assert w.fake.pings(ix.original) == []
-    await w.fake.answered(
-        await w.fake.slash(
-            "assistant", "use", user=w.manager, channel=w.channel, options={"name": "helper"}
-        )
-    )
+    await bind(w)
     asked = await w.fake.user_message(w.channel, w.alice, "again", mention_bot=True)
-    reply = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(w.channel) if m.reference is asked), None)
-    )
-    await w.fake.wait_until(lambda: reply.buttons())
+    reply = await answer_to(w, asked)
     assert w.fake.pings(reply) == []
 
 
 async def test_discord_429_on_send_is_waited_out(world: World):
     w = world
     await create_assistant(w, w.alice, "helper")
-    await w.fake.answered(
-        await w.fake.slash(
-            "assistant", "use", user=w.manager, channel=w.channel, options={"name": "helper"}
-        )
-    )
+    await bind(w)
     w.fake.rate_limit("POST", r"/channels/\d+/messages$", times=1, retry_after=0.7)
     asked = await w.fake.user_message(w.channel, w.bob, "are you there?", mention_bot=True)
-    reply = await w.fake.wait_until(
-        lambda: next((m for m in w.fake.bot_messages(w.channel) if m.reference is asked), None),
-        what="the answer after the 429",
-    )
-    await w.fake.wait_until(lambda: reply.buttons())
+    reply = await answer_to(w, asked, "the answer after the 429")
     limited = w.fake.rate_limited[0]
     sent = next(
         r

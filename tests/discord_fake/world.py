@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from .harness import EchoModel, real_echo_server, running_bot, write_provider_settings
-from .records import MANAGE_GUILD, Channel, Guild, Interaction, User
+from .records import MANAGE_GUILD, Channel, Guild, Interaction, Message, User
 from .server import FakeDiscord
 
 
@@ -134,6 +134,27 @@ async def wait_answer(w: World, ix: Interaction) -> Interaction:
     if ix.channel.type == 0 and ix.original is not None:
         await w.fake.wait_until(lambda: ix.original.thread, what="the thread on the answer")
     return ix
+
+
+async def bind(w: World, name: str = "helper") -> None:
+    """The manager binds the guild's channel to assistant `name` (`/assistant use`)."""
+    await w.fake.answered(
+        await w.fake.slash(
+            "assistant", "use", user=w.manager, channel=w.channel, options={"name": name}
+        )
+    )
+
+
+async def answer_to(w: World, message: Message, what: str = "the answer") -> Message:
+    """The bot's complete answer to a user's message: the reply to it, once its buttons are on."""
+    answer = await w.fake.wait_until(
+        lambda: next(
+            (m for m in w.fake.bot_messages(message.channel) if m.reference is message), None
+        ),
+        what=what,
+    )
+    await w.fake.wait_until(lambda: answer.buttons(), what=f"{what}, complete")
+    return answer
 
 
 def use_scripted(w: World, name: str, owner: User) -> None:
