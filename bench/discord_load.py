@@ -61,10 +61,12 @@ def start_echo_server(home: Path, delay: float) -> tuple[subprocess.Popen, str, 
     return process, json.loads(info.read_text())["url"], (home / "server.token").read_text()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far, from /proc (Linux); nan elsewhere."""
+def cpu_seconds(stat: str | int) -> float:
+    """CPU time (user + system) used so far by a process (its pid) or a thread (the path of its
+    /proc stat file), from /proc (Linux); nan elsewhere."""
+    path = Path(f"/proc/{stat}/stat") if isinstance(stat, int) else Path(stat)
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = path.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -76,17 +78,11 @@ def core_thread_cpu() -> float:
     (finding the conversation, linking messages). Linux; nan elsewhere."""
     import threading
 
-    total = 0.0
-    for thread in threading.enumerate():
-        if not thread.name.startswith(("fewtune-core", "asyncio_")):
-            continue
-        try:
-            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
-        except OSError:
-            return float("nan")
-        fields = stat.rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(
+        cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
+        for thread in threading.enumerate()
+        if thread.name.startswith(("fewtune-core", "asyncio_"))
+    )
 
 
 class LagMonitor:

