@@ -116,3 +116,27 @@ def running_app(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serving(
+    settings: Settings, token: str, *, fine_tuning: bool = False
+) -> Iterator[tuple[str, Any]]:
+    """`fewtune serve`'s app, its engine loaded first, on loopback; yields (/v1 base URL, app).
+    With `fine_tuning` its job worker runs too (running_app runs without lifespan events)."""
+    from training.engine import ChatEngine
+    from training.server.app import create_app
+
+    engine = ChatEngine(settings)
+    engine.load()
+    app = create_app(settings, token, engine=engine)
+    worker = app.state.finetune.worker
+    if fine_tuning:
+        worker.ensure_started()
+    try:
+        with running_app(app) as base_url:
+            yield base_url, app
+    finally:
+        if fine_tuning:
+            worker.stop()
+        engine.close()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from discord_fake.harness import SERVE_TOKEN_ENV  # noqa: E402
 from discord_fake.world import World, create_assistant, model, world  # noqa: E402, F401
-from server_fixtures import make_tiny_model, running_app, write_settings  # noqa: E402
+from server_fixtures import make_tiny_model, serving, write_settings  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -27,21 +27,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def serve_url(tmp_path_factory: pytest.TempPathFactory):
     """`fewtune serve` with a tiny random Llama (model `tiny-llama`) and its job worker."""
-    from training.engine import ChatEngine
-    from training.server.app import create_app
 
     token = os.environ.setdefault(SERVE_TOKEN_ENV, secrets.token_urlsafe(16))
     tiny = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
     settings = write_settings(tmp_path_factory.mktemp("serve-home"), model=str(tiny))
-    engine = ChatEngine(settings)
-    engine.load()
-    app = create_app(settings, token, engine=engine)
-    worker = app.state.finetune.worker
-    worker.ensure_started()  # running_app runs without lifespan events
-    with running_app(app) as url:
+    with serving(settings, token, fine_tuning=True) as (url, _):
         yield url
-    worker.stop()
-    engine.close()
 
 
 async def run(w: World, *args, **kwargs):

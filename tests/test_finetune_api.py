@@ -21,12 +21,10 @@ import openai
 import pytest
 
 try:
-    from tests.server_fixtures import make_tiny_model, running_app, write_settings
+    from tests.server_fixtures import make_tiny_model, serving, write_settings
 except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_tiny_model, running_app, write_settings
+    from server_fixtures import make_tiny_model, serving, write_settings
 
-from training.engine import ChatEngine
-from training.server.app import create_app
 
 TOKEN = "finetune-token-1"
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
@@ -54,15 +52,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
     home = tmp_path_factory.mktemp("home")
     settings = write_settings(home, model=str(tiny_model))
-    engine = ChatEngine(settings)
-    engine.load()
-    app = create_app(settings, TOKEN, engine=engine)
-    worker = app.state.finetune.worker
-    worker.ensure_started()  # running_app runs without lifespan events
-    with running_app(app) as base_url:
-        yield base_url, settings, worker
-    worker.stop()
-    engine.close()
+    with serving(settings, TOKEN, fine_tuning=True) as (base_url, app):
+        yield base_url, settings, app.state.finetune.worker
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,15 @@ import openai
 import pytest
 
 try:
-    from tests.server_fixtures import make_adapter, make_tiny_model, running_app, write_settings
+    from tests.server_fixtures import (
+        make_adapter,
+        make_tiny_model,
+        running_app,
+        serving,
+        write_settings,
+    )
 except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_adapter, make_tiny_model, running_app, write_settings
+    from server_fixtures import make_adapter, make_tiny_model, running_app, serving, write_settings
 
 from training.engine import ChatEngine, Sampling
 from training.server.app import create_app
@@ -36,12 +42,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
     home = tmp_path_factory.mktemp("home")
     settings = write_settings(home, model=str(tiny_model), echo_delay=ECHO_DELAY)
     make_adapter(tiny_model, settings.adapters_path, "ft-tiny:v1")
-    engine = ChatEngine(settings)
-    engine.load()
-    app = create_app(settings, TOKEN, engine=engine)
-    with running_app(app) as base_url:
-        yield base_url, settings, engine
-    engine.close()
+    with serving(settings, TOKEN) as (base_url, app):
+        yield base_url, settings, app.state.engine
 
 
 @pytest.fixture
@@ -300,11 +302,8 @@ async def test_fast_decoder_matches_transformers(tiny_model: Path, tmp_path: Pat
 @pytest.mark.slow
 async def test_embedded_smollm2_answers(tmp_path: Path) -> None:
     settings = write_settings(tmp_path / "home")
-    engine = ChatEngine(settings)
-    engine.load()
-    assert (settings.models_path / "SmolLM2-135M-Instruct" / "model.safetensors").exists()
-    app = create_app(settings, TOKEN, engine=engine)
-    with running_app(app) as base_url:
+    with serving(settings, TOKEN) as (base_url, _):
+        assert (settings.models_path / "SmolLM2-135M-Instruct" / "model.safetensors").exists()
         client = openai.AsyncOpenAI(base_url=base_url, api_key=TOKEN, max_retries=0)
         reply = await client.chat.completions.create(
             model="SmolLM2-135M-Instruct",
@@ -315,6 +314,5 @@ async def test_embedded_smollm2_answers(tmp_path: Path) -> None:
             temperature=0,
             max_tokens=24,
         )
-    engine.close()
     assert "Paris" in (reply.choices[0].message.content or "")
     assert reply.choices[0].finish_reason == "stop"
