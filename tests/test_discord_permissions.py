@@ -9,13 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from discord_fake.world import World, create_assistant, model, serve_url, world  # noqa: E402, F401
-
-
-async def run(w: World, *args, **kwargs):
-    ix = await w.fake.slash(*args, **kwargs)
-    await w.fake.answered(ix)
-    return ix
+from discord_fake.world import World, create_assistant, model, run, serve_url, world  # noqa: E402, F401
 
 
 def refused(ix, *phrases: str) -> None:

@@ -15,16 +15,11 @@ from discord_fake.world import (  # noqa: E402, F401
     World,
     create_assistant,
     model,
+    run,
     serve_url,
     wait_answer,
     world,
 )
-
-
-async def run(w: World, *args, **kwargs):
-    ix = await w.fake.slash(*args, **kwargs)
-    await w.fake.answered(ix)
-    return ix
 
 
 def one_sentence(ix, *phrases: str) -> None:

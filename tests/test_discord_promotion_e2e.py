@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from discord_fake.harness import SERVE_TOKEN_ENV  # noqa: E402
-from discord_fake.world import World, create_assistant, model, world  # noqa: E402, F401
+from discord_fake.world import World, create_assistant, model, run, world  # noqa: E402, F401
 from server_fixtures import make_tiny_model, serving, write_settings  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -33,12 +33,6 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory):
     settings = write_settings(tmp_path_factory.mktemp("serve-home"), model=str(tiny))
     with serving(settings, token, fine_tuning=True) as (url, _):
         yield url
-
-
-async def run(w: World, *args, **kwargs):
-    ix = await w.fake.slash(*args, **kwargs)
-    await w.fake.answered(ix)
-    return ix
 
 
 @pytest.mark.slow

@@ -136,13 +136,16 @@ async def wait_answer(w: World, ix: Interaction) -> Interaction:
     return ix
 
 
+async def run(w: World, *args: Any, **kwargs: Any) -> Interaction:
+    """Send a slash command (FakeDiscord.slash's arguments) and wait until it is answered."""
+    ix = await w.fake.slash(*args, **kwargs)
+    await w.fake.answered(ix)
+    return ix
+
+
 async def bind(w: World, name: str = "helper") -> None:
     """The manager binds the guild's channel to assistant `name` (`/assistant use`)."""
-    await w.fake.answered(
-        await w.fake.slash(
-            "assistant", "use", user=w.manager, channel=w.channel, options={"name": name}
-        )
-    )
+    await run(w, "assistant", "use", user=w.manager, channel=w.channel, options={"name": name})
 
 
 async def answer_to(w: World, message: Message, what: str = "the answer") -> Message:
