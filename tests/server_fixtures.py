@@ -20,8 +20,9 @@ from storage.settings import Settings, load_settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def make_tiny_model(folder: Path) -> Path:
-    """Save a tiny random Llama with the SmolLM2 tokenizer into `folder`."""
+def make_tiny_model(folder: Path, **sizes: Any) -> Path:
+    """Save a tiny random Llama with the SmolLM2 tokenizer into `folder`; `sizes` override its
+    LlamaConfig (the trainer's tests use a smaller one with the usual initialisation)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
@@ -30,18 +31,22 @@ def make_tiny_model(folder: Path) -> Path:
     gguf = embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=0.5,  # larger random weights: varied greedy text, not one repeated token
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **{
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "tie_word_embeddings": True,
+            # larger random weights: varied greedy text, not one repeated token
+            "initializer_range": 0.5,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **sizes,
+        }
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)

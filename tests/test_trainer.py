@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    from tests.server_fixtures import make_tiny_model
+except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
+    from server_fixtures import make_tiny_model
+
 from training.chat_data import IGNORE_INDEX, DatasetError, tokenize_chat
 from training.trainer import (
     TrainConfig,
@@ -40,31 +45,13 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama with SmolLM2's tokenizer (from the embedded GGUF), saved as a folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from training.base_models import embedded_gguf
-
-    gguf = embedded_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return make_tiny_model(
+        tmp_path_factory.mktemp("tiny-llama"),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        initializer_range=0.02,
     )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
