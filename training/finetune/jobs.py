@@ -14,10 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from training.base_models import public_name
 from training.finetune.adapters import adapter_archive, fine_tuned_model_name
-from training.finetune.files import check_limit
+from training.finetune.files import check_limit, store_of
 from training.finetune.store import (
     TERMINAL,
-    FineTuneStore,
     checkpoint_body,
     event_body,
     job_body,
@@ -90,12 +89,8 @@ def _state(request: Request) -> Any:
     return request.app.state.finetune
 
 
-def _store(request: Request) -> FineTuneStore:
-    return request.app.state.finetune.store
-
-
 def _job_row(request: Request, job_id: str) -> dict[str, Any]:
-    row = _store(request).get_job(job_id)
+    row = store_of(request).get_job(job_id)
     if row is None:
         raise APIError(404, f"No such fine-tuning job: {job_id}.", code="job_not_found")
     return row
@@ -122,7 +117,7 @@ def _merged_hyperparameters(body: CreateJob) -> dict[str, Any]:
 def _training_file(request: Request, file_id: str | None, param: str) -> dict[str, Any] | None:
     if file_id is None:
         return None
-    row = _store(request).get_file(file_id)
+    row = store_of(request).get_file(file_id)
     if row is None:
         raise APIError(400, f"{param} {file_id!r} does not exist.", code="invalid_file")
     return row
@@ -159,7 +154,7 @@ async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
     if fine_tuned_model_name(engine.base_model, body.suffix, "ftjob-" + "x" * 24) is None:
         raise APIError(400, "suffix is too long for this base model's name.", code="invalid_suffix")
     options = body.fewtune.model_dump(exclude_none=True) if body.fewtune else {}
-    row = _store(request).add_job(
+    row = store_of(request).add_job(
         {
             "model": engine.base_model,
             "training_file": body.training_file,
@@ -171,7 +166,7 @@ async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
             "metadata": body.metadata,
         }
     )
-    _store(request).add_event(row["id"], f"Created fine-tuning job: {row['id']}")
+    store_of(request).add_event(row["id"], f"Created fine-tuning job: {row['id']}")
     _state(request).worker.ensure_started()
     _state(request).worker.wake()
     return job_body(row)
@@ -179,7 +174,7 @@ async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
 
 @router.get("")
 async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
-    rows = _store(request).list_jobs(after, check_limit(limit))
+    rows = store_of(request).list_jobs(after, check_limit(limit))
     return page_body([job_body(row) for row in rows], limit)
 
 
@@ -198,7 +193,7 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
             code="job_not_cancellable",
         )
     if row["status"] not in TERMINAL:
-        store = _store(request)
+        store = store_of(request)
         with store.one_step():
             if store.finish_job(
                 job_id,
@@ -216,7 +211,7 @@ async def list_events(
     request: Request, job_id: str, after: str | None = None, limit: int = 20
 ) -> dict[str, Any]:
     _job_row(request, job_id)
-    rows = _store(request).list_events(job_id, after, check_limit(limit, 10_000))
+    rows = store_of(request).list_events(job_id, after, check_limit(limit, 10_000))
     return page_body([event_body(row) for row in rows], limit)
 
 
@@ -226,7 +221,7 @@ async def list_checkpoints(
 ) -> dict[str, Any]:
     job = _job_row(request, job_id)
     name = fine_tuned_model_name(job["model"], job["suffix"], job_id) or job_id
-    rows = _store(request).list_checkpoints(job_id, after, check_limit(limit))
+    rows = store_of(request).list_checkpoints(job_id, after, check_limit(limit))
     return page_body([checkpoint_body(row, name) for row in rows], limit)
 
 
