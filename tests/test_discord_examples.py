@@ -12,6 +12,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from discord_fake.world import World, create_assistant, model, run, serve_url, world  # noqa: E402, F401
 
 
+async def import_file(w: World, file: tuple):
+    """Alice runs `/example import` on her assistant `poet` with the attachment `file`."""
+    return await run(
+        w,
+        "example",
+        "import",
+        user=w.alice,
+        channel=w.channel,
+        options={"assistant": "poet", "file": file},
+    )
+
+
 async def test_example_add_by_modal_and_list(world: World):
     w = world
     await create_assistant(w, w.alice, "poet")
@@ -40,24 +52,10 @@ async def test_example_import_jsonl_and_csv_then_remove(world: World):
     w = world
     await create_assistant(w, w.alice, "poet")
     jsonl = b'{"input": "a", "output": "b"}\n{"input": "c", "output": "d"}\n'
-    ix = await run(
-        w,
-        "example",
-        "import",
-        user=w.alice,
-        channel=w.channel,
-        options={"assistant": "poet", "file": ("ex.jsonl", jsonl)},
-    )
+    ix = await import_file(w, ("ex.jsonl", jsonl))
     assert "Imported 2 examples" in ix.text()
     csv = b"input,output\ne,f\na,b\n"
-    ix = await run(
-        w,
-        "example",
-        "import",
-        user=w.alice,
-        channel=w.channel,
-        options={"assistant": "poet", "file": ("ex.csv", csv, "text/csv")},
-    )
+    ix = await import_file(w, ("ex.csv", csv, "text/csv"))
     assert "Imported 1 examples" in ix.text() and "1 duplicates skipped" in ix.text()
     assert w.core.examples.count(w.bot_actor(w.alice), "poet") == 3
     first = w.core.examples.list(w.bot_actor(w.alice), "poet")[0]
@@ -77,34 +75,13 @@ async def test_bad_files_are_refused_whole_with_one_sentence(world: World):
     w = world
     await create_assistant(w, w.alice, "poet")
     bad = b'{"input": "a", "output": "b"}\n{"input": "c", "output": "d"}\n{"input": "x"}\n'
-    ix = await run(
-        w,
-        "example",
-        "import",
-        user=w.alice,
-        channel=w.channel,
-        options={"assistant": "poet", "file": ("bad.jsonl", bad)},
-    )
+    ix = await import_file(w, ("bad.jsonl", bad))
     assert "3" in ix.text() and ix.ephemeral
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-    ix = await run(
-        w,
-        "example",
-        "import",
-        user=w.alice,
-        channel=w.channel,
-        options={"assistant": "poet", "file": ("cat.png", png, "image/png")},
-    )
+    ix = await import_file(w, ("cat.png", png, "image/png"))
     assert "not UTF-8 text" in ix.text() or "not a text file" in ix.text()
     huge = b"x" * (10 * 1024 * 1024 + 1)
-    ix = await run(
-        w,
-        "example",
-        "import",
-        user=w.alice,
-        channel=w.channel,
-        options={"assistant": "poet", "file": ("huge.jsonl", huge)},
-    )
+    ix = await import_file(w, ("huge.jsonl", huge))
     assert "at most 10 MB" in ix.text()
     downloads = [r.path for r in w.fake.requests if r.path.startswith("/attachments/")]
     assert not any(p.endswith("/huge.jsonl") for p in downloads), "refused before downloading"
@@ -145,14 +122,7 @@ async def test_oversize_modal_fields_get_one_sentence_and_create_nothing(world: 
 async def test_export_then_import_the_same_assistant(world: World):
     w = world
     await create_assistant(w, w.alice, "poet", instructions="You write haiku.")
-    await run(
-        w,
-        "example",
-        "import",
-        user=w.alice,
-        channel=w.channel,
-        options={"assistant": "poet", "file": ("ex.jsonl", b'{"input":"a","output":"b"}')},
-    )
+    await import_file(w, ("ex.jsonl", b'{"input":"a","output":"b"}'))
     ix = await run(
         w, "assistant", "export", user=w.alice, channel=w.channel, options={"name": "poet"}
     )
