@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from storage.batching import Batcher
 from storage.locks import file_lock
 from storage.settings import cache_dir
 
@@ -104,8 +105,7 @@ class Embedder:
         self.backend = backend
         self.backend_used: str | None = None
         self._lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: list[_Waiter] = []
+        self._one: Batcher[str, np.ndarray] = Batcher(self._embed_texts)
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -160,39 +160,11 @@ class Embedder:
         """Embed one text. Calls that arrive while the model is busy are embedded together in
         one batch by whichever caller gets the model next: no waiting is added, and a burst of
         messages (many users at once) costs a few batches instead of one forward pass each."""
-        waiter: _Waiter = _Waiter(text)
-        with self._pending_lock:
-            self._pending.append(waiter)
-        with self._lock:
-            if not waiter.done.is_set():
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                if self._model is None:
-                    self._load()
-                try:
-                    vectors = self._embed_batch([w.text for w in batch])
-                except BaseException as exc:
-                    for w in batch:
-                        w.error = exc
-                        w.done.set()
-                    raise
-                for w, vector in zip(batch, vectors, strict=True):
-                    w.vector = vector
-                    w.done.set()
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.vector is not None
-        return waiter.vector
+        return self._one(text)
 
-
-class _Waiter:
-    __slots__ = ("done", "error", "text", "vector")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.vector: np.ndarray | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
+    def _embed_texts(self, texts: list[str]) -> list[np.ndarray]:
+        # Through `embed`: a long message in the batch pads only the texts of its own length.
+        return list(self.embed(texts))
 
 
 class _OnnxModel:

@@ -10,7 +10,9 @@ The index holds only ids and vectors of example inputs; texts stay in SQLite, th
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from storage.batching import Batcher
 from storage.embeddings import Embedder
 from storage.settings import IndexSettings, Settings
 
@@ -54,6 +57,8 @@ class ExampleIndex:
         self._function: Any = None
         self._client: Any = None
         self._collections: dict[int, Any] = {}
+        self._batchers: dict[tuple[int, int, bool], Batcher[np.ndarray, list[Hit]]] = {}
+        self._batchers_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -146,6 +151,9 @@ class ExampleIndex:
     def drop(self, assistant_id: int) -> None:
         """Remove an assistant's whole collection (the assistant was deleted)."""
         self._collections.pop(assistant_id, None)
+        with self._batchers_lock:
+            for key in [k for k in self._batchers if k[0] == assistant_id]:
+                del self._batchers[key]
         try:
             self.client.delete_collection(collection_name(assistant_id))
         except Exception:  # chromadb raises NotFoundError/ValueError by version when it is absent
@@ -172,25 +180,41 @@ class ExampleIndex:
     def query(
         self, assistant_id: int, vector: np.ndarray, n: int, with_vectors: bool = False
     ) -> list[Hit]:
-        """The n nearest examples of one assistant, best first."""
+        """The n nearest examples of one assistant, best first. Concurrent queries alike
+        (same assistant, n and fields) go to chromadb together, as one call."""
         if n <= 0:
             return []
+        key = (assistant_id, n, with_vectors)
+        with self._batchers_lock:
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                work = functools.partial(self._query_many, assistant_id, n, with_vectors)
+                batcher = self._batchers[key] = Batcher(work)
+        return batcher(vector)
+
+    def _query_many(
+        self, assistant_id: int, n: int, with_vectors: bool, vectors: list[np.ndarray]
+    ) -> list[list[Hit]]:
         include = ["distances", "embeddings"] if with_vectors else ["distances"]
         collection = self._collection(assistant_id)
         # No count() first: chromadb returns what it has when asked for more (one call, not two).
         with self._answering():
             got = collection.query(
-                query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                query_embeddings=[np.asarray(v, dtype=np.float32) for v in vectors],
                 n_results=n,
                 include=include,
             )
-        ids = got["ids"][0]
-        distances = got["distances"][0]
-        vectors = got["embeddings"][0] if with_vectors else [None] * len(ids)
-        return [
-            Hit(int(i), 1.0 - float(d), None if v is None else np.asarray(v, dtype=np.float32))
-            for i, d, v in zip(ids, distances, vectors, strict=True)
-        ]
+        found = []
+        for row, ids in enumerate(got["ids"]):
+            distances = got["distances"][row]
+            found_vectors = got["embeddings"][row] if with_vectors else [None] * len(ids)
+            found.append(
+                [
+                    Hit(int(i), 1.0 - float(d), None if v is None else np.asarray(v, np.float32))
+                    for i, d, v in zip(ids, distances, found_vectors, strict=True)
+                ]
+            )
+        return found
 
     def vectors(self, assistant_id: int, ids: Sequence[int]) -> dict[int, np.ndarray]:
         if not ids:

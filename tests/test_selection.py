@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -144,3 +145,34 @@ def test_an_assistant_without_examples_selects_none(core):
     empty = core.assistants.create(TERMINAL, "empty", "Nothing yet.")
     for selector in ("similarity", "mmr", "random", "fixed"):
         assert run(core, empty, selector, 4).ids == []
+
+
+def test_concurrent_queries_are_answered_as_if_alone(core, support):
+    """Queries arriving together go to chromadb as one call; each still gets its own hits."""
+    assistant, _ = support
+    index = core.index()
+    texts = PASSWORD_NEAR_DUPLICATES + OTHERS + [QUERY]
+    vectors = core.embedder.embed(texts)
+    alone = {
+        (i, n, full): index.query(assistant.id, vectors[i], n, with_vectors=full)
+        for i in range(len(texts))
+        for n, full in ((3, False), (5, True))
+    }
+    together: dict = {}
+    start = threading.Barrier(len(alone))
+
+    def call(key) -> None:
+        i, n, full = key
+        start.wait()
+        together[key] = index.query(assistant.id, vectors[i], n, with_vectors=full)
+
+    threads = [threading.Thread(target=call, args=(key,)) for key in alone]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key, hits in alone.items():
+        got = together[key]
+        assert [h.example_id for h in got] == [h.example_id for h in hits], key
+        assert [h.score for h in got] == pytest.approx([h.score for h in hits], abs=1e-6)
+        assert all((h.vector is not None) == key[2] for h in got)
