@@ -24,6 +24,7 @@ from assistants.examples import Example, Examples
 from assistants.prompt import PromptTooLong, build_prompt
 from assistants.providers import ModelRef, Providers
 from assistants.selection import select
+from storage.db import insert_row
 from storage.index import ExampleIndex
 from storage.settings import Settings
 
@@ -84,6 +85,7 @@ class Prepared:
 
 
 OnDelta = Callable[[str], Awaitable[None]]
+ConversationRef = int | Callable[[], Conversation]  # an id, or a function finding or starting one
 
 
 class Chat:
@@ -159,8 +161,8 @@ class Chat:
             "created_at": now(),
         }
         with self.lock, self.db.conn:
-            conversation_id = self.db.table("conversations").insert(row).last_pk
-        return self.conversation(int(conversation_id))  # type: ignore[arg-type]
+            conversation_id = insert_row(self.db, "conversations", row)
+        return self.conversation(conversation_id)
 
     def conversation(self, conversation_id: int) -> Conversation:
         rows = list(self.db.query("SELECT * FROM conversations WHERE id = ?", [conversation_id]))
@@ -207,12 +209,12 @@ class Chat:
                 "UPDATE conversations SET thread_id = ? WHERE id = ?", [thread_id, conversation_id]
             )
 
-    def set_external_id(self, message_id: int, external_id: str) -> None:
-        """Link a frontend message to a stored one; a reply split in parts links each part."""
+    def link(self, message_id: int, external_ids: list[str]) -> None:
+        """Link frontend messages to a stored one (a reply split in parts: each part), at once."""
         with self.lock, self.db.conn:
-            self.db.execute(
+            self.db.conn.executemany(
                 "INSERT OR REPLACE INTO external_ids (external_id, message_id) VALUES (?, ?)",
-                [str(external_id), message_id],
+                [(str(external_id), message_id) for external_id in external_ids],
             )
 
     def history(self, conversation_id: int) -> list[dict[str, Any]]:
@@ -276,7 +278,7 @@ class Chat:
     # -- one message ---------------------------------------------------------------------------
 
     def prepare(
-        self, actor: Actor, conversation_id: int, text: str, external_id: str | None = None
+        self, actor: Actor, conversation: ConversationRef, text: str, external_id: str | None = None
     ) -> Prepared:
         """Store the user's message and build the prompt (synchronous; runs in a thread)."""
         text = text.strip()
@@ -286,8 +288,9 @@ class Chat:
             raise InvalidInput(
                 f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE:,}."
             )
-        conversation = self.conversation(conversation_id)
-        assistant = self.assistants.by_id(conversation.assistant_id)
+        found = self.conversation(conversation) if isinstance(conversation, int) else conversation()
+        conversation_id = found.id
+        assistant = self.assistants.by_id(found.assistant_id)
         if not is_visible(actor, assistant):
             raise NotFound("That assistant is not available here.")
         history = [
@@ -295,21 +298,19 @@ class Chat:
             for m in self.history(conversation_id)
             if m["status"] == "ok"
         ]
-        composed = self.compose(assistant, history, text, seed=conversation.seed)
+        composed = self.compose(assistant, history, text, seed=found.seed)
         # Stored only once the prompt is known to fit, so a refused message leaves nothing behind.
         with self.lock, self.db.conn:
-            user_message_id = int(
-                self.db.table("messages")
-                .insert(
-                    {
-                        "conversation_id": conversation_id,
-                        "role": "user",
-                        "user_id": actor.user_id,
-                        "content": text,
-                        "created_at": now(),
-                    }
-                )
-                .last_pk  # type: ignore[arg-type]
+            user_message_id = insert_row(
+                self.db,
+                "messages",
+                {
+                    "conversation_id": conversation_id,
+                    "role": "user",
+                    "user_id": actor.user_id,
+                    "content": text,
+                    "created_at": now(),
+                },
             )
             if external_id:
                 self.db.execute(
@@ -319,7 +320,7 @@ class Chat:
             self._remember(actor.user_id, assistant.id)
         return Prepared(
             assistant=assistant,
-            conversation=conversation,
+            conversation=found,
             user_message_id=user_message_id,
             messages=composed.messages,
             examples=composed.examples,
@@ -403,20 +404,25 @@ class Chat:
             **fields,
         }
         with self.lock, self.db.conn:
-            return int(self.db.table("messages").insert(row).last_pk)  # type: ignore[arg-type]
+            return insert_row(self.db, "messages", row)
 
     async def reply(
         self,
         actor: Actor,
-        conversation_id: int,
+        conversation: ConversationRef,
         text: str,
         *,
         on_delta: OnDelta | None = None,
         external_id: str | None = None,
     ) -> Reply:
-        """Answer a message in a conversation, streaming through on_delta(text so far)."""
+        """Answer a message in a conversation, streaming through on_delta(text so far).
+
+        `conversation` is its id, or a function that finds or starts it: a frontend with rules
+        of its own (Discord's threads and channels) has it run on the core's threads with the
+        rest of the message's work, one trip instead of two (under a burst of messages each
+        trip queued for a thread: bench/discord_load.py)."""
         started = time.perf_counter()
-        prepared = await self._in_thread(self.prepare, actor, conversation_id, text, external_id)
+        prepared = await self._in_thread(self.prepare, actor, conversation, text, external_id)
         overhead = time.perf_counter() - started
         assistant = prepared.assistant
         model = ModelRef.parse(assistant.active_model)

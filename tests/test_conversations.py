@@ -26,8 +26,7 @@ def team(core):
 def reply(core, actor, conversation, text, external_ids=()):
     prepared = core.chat.prepare(actor, conversation.id, text)
     message_id = core.chat.record(prepared, actor, {"content": f"re: {text}"})
-    for external_id in external_ids:
-        core.chat.set_external_id(message_id, external_id)
+    core.chat.link(message_id, list(external_ids))
     return message_id
 
 

@@ -227,3 +227,18 @@ async def test_privacy_forget_counts_and_deletes(world: World):
     assert [m["content"] for m in stored_messages(w.core, w.alice) if m["role"] == "user"] == [
         "mine"
     ]
+
+
+async def test_a_message_too_long_for_the_prompt_is_refused_privately_and_not_stored(world: World):
+    w = world
+    await create_assistant(w, w.alice, "helper")
+    ix = await w.fake.slash(
+        "chat",
+        user=w.bob,
+        channel=w.channel,
+        options={"assistant": "helper", "message": "word " * 1200},  # Discord's 6,000 limit
+    )
+    await w.fake.wait_until(lambda: ix.followups, 30, "the refusal")
+    assert ix.ephemeral, "the placeholder is gone and the refusal is the user's alone"
+    assert "send a shorter message" in ix.text() and "\n" not in ix.text().strip()
+    assert stored_messages(w.core, w.bob) == [], "nothing stored"

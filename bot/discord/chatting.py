@@ -19,9 +19,10 @@ import discord
 from discord.utils import MISSING
 
 from assistants import Actor, Conversation, FewtuneError, ProviderError, Reply
+from assistants.chat import ConversationRef
 from bot.discord.actors import actor_of, actor_of_message
 from bot.discord.replies import NO_MENTIONS, say, withdraw
-from bot.discord.stream import LiveReply, Post
+from bot.discord.stream import LiveReply
 
 if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
@@ -47,34 +48,37 @@ class Chatter:
         self.core = bot.core
 
     async def _stream(
-        self, actor: Actor, conversation: Conversation, text: str, post: Post, external_id: str
-    ) -> tuple[Reply | None, LiveReply]:
+        self,
+        actor: Actor,
+        conversation: ConversationRef,
+        text: str,
+        live: LiveReply,
+        external_id: str,
+    ) -> Reply | None:
+        """Run the message through the core into `live`; None when the provider failed (said
+        in the channel). A FewtuneError before anything is shown is the caller's to say."""
         from bot.discord.items import feedback_view
 
-        live = LiveReply(post, self.bot.stream_interval, self.bot.pace)
         try:
             reply = await self.core.chat.reply(
-                actor, conversation.id, text, on_delta=live.update, external_id=external_id
+                actor, conversation, text, on_delta=live.update, external_id=external_id
             )
         except ProviderError as exc:
             # Shown in the channel: everyone waiting sees why; the user's message is stored.
             partial = "".join(m.content for m in live.messages if m.content != "…")
             await live.render(f"{partial}\n\n⚠️ {exc}".strip())
-            return None, live
+            return None
         # Every part of a split reply is linked, so replying to any part continues the chat.
         # The parts already shown are linked before the buttons appear; a reply posted complete
         # is linked just after, and a user quicker than that is found by `_origin`.
         linked = [str(m.id) for m in live.messages]
-        await asyncio.to_thread(self._link, reply.message_id, linked)
+        if linked:
+            await asyncio.to_thread(self.core.chat.link, reply.message_id, linked)
         await live.render(reply.text or "(the model sent an empty reply)", feedback_view(reply))
         added = [str(m.id) for m in live.messages if str(m.id) not in linked]
         if added:
-            await asyncio.to_thread(self._link, reply.message_id, added)
-        return reply, live
-
-    def _link(self, message_id: int, external_ids: list[str]) -> None:
-        for external_id in external_ids:
-            self.core.chat.set_external_id(message_id, external_id)
+            await asyncio.to_thread(self.core.chat.link, reply.message_id, added)
+        return reply
 
     # -- interactions -----------------------------------------------------------------------
 
@@ -93,32 +97,36 @@ class Chatter:
         # lookup first could miss Discord's 3 s deadline (measured: bench/discord_load.py).
         async with self.bot.pace:
             await interaction.response.defer(thinking=True)
-        try:
-            conversation = await asyncio.to_thread(
-                self._conversation_for, actor, name, channel, thread
-            )
-        except FewtuneError as exc:
-            await withdraw(interaction, str(exc))
-            return
+        found: Conversation | None = None
+
+        def conversation() -> Conversation:
+            # Run on the core's threads, with the rest of the message's core work.
+            nonlocal found
+            found = self._conversation_for(actor, name, channel, thread)
+            return found
 
         async def post(content: str, view: discord.ui.View | None) -> discord.Message:
             return await interaction.followup.send(
                 content, wait=True, allowed_mentions=NO_MENTIONS, view=view or MISSING
             )
 
+        live = LiveReply(post, self.bot.stream_interval, self.bot.pace)
         try:
-            reply, live = await self._stream(
-                actor, conversation, text, post, external_id=f"interaction:{interaction.id}"
+            reply = await self._stream(
+                actor, conversation, text, live, external_id=f"interaction:{interaction.id}"
             )
         except FewtuneError as exc:
-            await interaction.followup.send(str(exc), allowed_mentions=NO_MENTIONS)
+            if live.messages:
+                await interaction.followup.send(str(exc), allowed_mentions=NO_MENTIONS)
+            else:  # refused before answering: the placeholder goes, the user alone is told
+                await withdraw(interaction, str(exc))
             return
-        if isinstance(channel, discord.TextChannel) and live.messages:
+        if isinstance(channel, discord.TextChannel) and live.messages and found is not None:
             title = f"{reply.assistant.name if reply else name}: {text}"
             started = await channel.create_thread(
                 name=title[:THREAD_NAME_LIMIT], message=live.messages[0]
             )
-            await asyncio.to_thread(self.core.chat.set_thread, conversation.id, str(started.id))
+            await asyncio.to_thread(self.core.chat.set_thread, found.id, str(started.id))
 
     def _conversation_for(
         self, actor: Actor, name: str, channel: Any, thread: discord.Thread | None
@@ -180,8 +188,9 @@ class Chatter:
                 content, allowed_mentions=NO_MENTIONS, mention_author=False, view=view or MISSING
             )
 
+        live = LiveReply(post, self.bot.stream_interval, self.bot.pace)
         try:
-            await self._stream(actor, found, text, post, external_id=str(message.id))
+            await self._stream(actor, found.id, text, live, external_id=str(message.id))
         except FewtuneError as exc:
             await message.reply(str(exc), allowed_mentions=NO_MENTIONS, mention_author=False)
 
