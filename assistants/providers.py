@@ -205,15 +205,17 @@ class Providers:
             try:
                 # The openai client's own request path (`client.post`, as its README shows for
                 # any endpoint: same retries, timeouts, errors), given the body as plain JSON
-                # and reading chunks as dicts: `chat.completions.create` walks every message
-                # through its type transforms and builds a model object per chunk, which was
-                # half the bot's CPU for 200 chats at once (docs/benchmarks.md).
+                # and reading chunks as parsed JSON: `chat.completions.create` walks every
+                # message through its type transforms and builds a model object per chunk,
+                # which was half the bot's CPU for 200 chats at once (docs/benchmarks.md).
+                # `object`, not `dict[str, Any]`: the client then hands each chunk over as it
+                # was parsed instead of walking its every value to "construct" it.
                 stream = await client.post(
                     "/chat/completions",
                     body=body,
-                    cast_to=dict,
+                    cast_to=object,
                     stream=True,
-                    stream_cls=openai.AsyncStream[dict[str, Any]],
+                    stream_cls=openai.AsyncStream[object],
                 )
                 break
             except openai.APIConnectionError as exc:
@@ -250,8 +252,10 @@ class Providers:
             self._clients.pop((key, loop_id), None)
 
 
-def parse_chunk(event: dict[str, Any]) -> Chunk:
-    """A streamed `chat.completion.chunk` (as JSON) to a Chunk."""
+def parse_chunk(event: object) -> Chunk:
+    """A streamed `chat.completion.chunk` (as parsed JSON) to a Chunk."""
+    if not isinstance(event, dict):
+        raise TypeError(f"a chunk is a JSON object, not {type(event).__name__}")
     chunk = Chunk()
     choices = event.get("choices")
     if choices:

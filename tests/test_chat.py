@@ -193,3 +193,37 @@ async def test_a_stopped_local_server_is_started_again_for_the_next_message(loca
     second = await local_core.chat.ask(TERMINAL, "helper", "three")
     assert second.model == first.model == "local:tiny"
     await local_core.providers.close()
+
+
+def test_a_provider_streaming_something_else_than_chat_chunks_gets_one_clear_line(
+    fewtune_home, embedder, monkeypatch
+):
+    """An endpoint that answers 200 with server-sent events that are not chat chunks."""
+    import http.server
+    import threading
+
+    class NotChat(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b'data: ["not", "a", "chunk"]\n\ndata: [DONE]\n\n')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = "max_retries = 0\ntimeout = 5\n"
+        port = server.server_address[1]
+        core = core_with_provider(fewtune_home, embedder, monkeypatch, "odd", port, settings)
+        result = runner.invoke(app, ["ask", "helper", "hello"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: The provider 'odd' sent a chunk that is not an OpenAI chat chunk."
+    ]
+    core.close()
