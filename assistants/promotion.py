@@ -59,11 +59,12 @@ class Promotion:
     created_at: str
     updated_at: str
     previous_k: int | None = None  # the assistant's k before a switch that set it to 0
+    follower: dict[str, Any] | None = None  # where a frontend shows its progress (see follow_from)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Promotion:
         data = dict(row)
-        for key in ("dataset_stats", "evaluation"):
+        for key in ("dataset_stats", "evaluation", "follower"):
             data[key] = json.loads(data[key]) if data[key] else None
         data["switched"] = bool(data["switched"])
         return cls(**data)
@@ -122,7 +123,7 @@ class Promotions:
         return Promotion.from_row(rows[0])
 
     def _update(self, promotion_id: int, **fields: Any) -> Promotion:
-        for key in ("dataset_stats", "evaluation"):
+        for key in ("dataset_stats", "evaluation", "follower"):
             if key in fields and fields[key] is not None:
                 fields[key] = json.dumps(fields[key])
         fields["updated_at"] = now()
@@ -130,6 +131,21 @@ class Promotions:
             self.db.table("promotions").update(promotion_id, fields)
         row = next(self.db.query("SELECT * FROM promotions WHERE id = ?", [promotion_id]))
         return Promotion.from_row(row)
+
+    def follow_from(self, promotion_id: int, follower: dict[str, Any] | None) -> None:
+        """Record where a frontend shows the promotion's progress (None: nobody follows it any
+        more). A frontend that restarts finds what it was following with `followed`."""
+        self._update(promotion_id, follower=follower)
+
+    def followed(self, frontend: str) -> list[tuple[Promotion, Assistant]]:
+        """The promotions `frontend` was following and has not seen through, oldest first."""
+        rows = self.db.query("SELECT * FROM promotions WHERE follower IS NOT NULL ORDER BY id", [])
+        found = []
+        for row in rows:
+            promotion = Promotion.from_row(row)
+            if (promotion.follower or {}).get("frontend") == frontend:
+                found.append((promotion, self.assistants.by_id(promotion.assistant_id)))
+        return found
 
     def _base_model(self, assistant: Assistant, provider: str, base_model: str | None) -> str:
         if base_model:

@@ -177,6 +177,13 @@ def m003_promotion_previous_k(db: Database) -> None:
     db.execute("ALTER TABLE promotions ADD COLUMN previous_k INTEGER")
 
 
+@migrations()
+def m004_promotion_follower(db: Database) -> None:
+    # Where a frontend shows the promotion's progress (JSON, e.g. Discord's channel and message),
+    # so that it can go on following after a restart; NULL when nobody follows it.
+    db.execute("ALTER TABLE promotions ADD COLUMN follower TEXT")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

@@ -105,3 +105,47 @@ async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(w
         assert w.core.assistants.get(owner, "numbers").fine_tuned_model is None
     else:
         assert "is not using a fine-tuned model" in rolled.text()
+
+
+@pytest.mark.slow
+async def test_a_restarted_bot_goes_on_following_the_promotion_to_its_end(world: World):
+    """The bot stops while the job runs; started again, it edits the same progress message on
+    to the evaluation and the switch, as if it had never stopped."""
+    from discord_fake.harness import running_bot
+
+    w = world
+    w.bot.promotion_poll_seconds = 0.2
+    await create_assistant(w, w.alice, "numbers")
+    owner = w.bot_actor(w.alice)
+    w.core.assistants.edit(owner, "numbers", model="fewtune:tiny-llama", max_tokens=4, k=2)
+    lines = "\n".join(json.dumps({"input": f"number {i}", "output": str(i)}) for i in range(40))
+    w.core.examples.import_data(owner, "numbers", "e.jsonl", lines.encode())
+
+    ix = await run(
+        w, "assistant", "promote", user=w.alice, channel=w.channel, options={"name": "numbers"}
+    )
+    asked = next(m for m in ix.messages() if m.buttons())
+    await w.fake.answered(await w.fake.click(asked, "Promote", user=w.alice))
+
+    def followed():
+        return w.core.promotions.followed("discord")
+
+    await w.fake.wait_until(followed, 60, "the job to be created and followed")
+    await w.bot.close()  # a restart: the job goes on on the server meanwhile
+    (progress,) = [m for m in w.fake.bot_messages(w.channel) if not m.ephemeral]
+    assert "is fine-tuned" not in progress.content
+    assert w.core.promotions.latest(owner, "numbers").evaluation is None
+
+    async with running_bot(w.fake, w.core, progress_interval=0.2, promotion_poll_seconds=0.2):
+        await w.fake.wait_until(
+            lambda: progress.attachments or "stopped" in progress.content,
+            timeout=240,
+            what="the resumed promotion to finish",
+        )
+        assert "is fine-tuned" in progress.content, progress.content
+        assert "Evaluation on" in progress.content
+        assert [a.filename for a in progress.attachments] == ["loss.png"]
+        assert [m for m in w.fake.bot_messages(w.channel) if not m.ephemeral] == [progress]
+        await w.fake.wait_until(lambda: not followed(), 10, "the promotion to be seen through")
+        promotion = w.core.promotions.latest(owner, "numbers")
+        assert promotion.evaluation is not None and promotion.follower is None

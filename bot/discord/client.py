@@ -85,6 +85,8 @@ class FewtuneBot(commands.Bot):
             len(self.synced),
             f"to guild {self.sync_guild}" if self.sync_guild else "globally",
         )
+        # Promotions followed before a restart: their messages go on (REST only, no gateway).
+        self.promoter.start_resuming()
 
     async def close(self) -> None:
         await self.promoter.close()

@@ -18,7 +18,9 @@ log = logging.getLogger("fewtune.discord")
 class ThrottledMessage:
     """Shows text in `message`, editing it at most once every `interval` seconds."""
 
-    def __init__(self, message: discord.Message, interval: float = 1.0) -> None:
+    def __init__(
+        self, message: discord.Message | discord.PartialMessage, interval: float = 1.0
+    ) -> None:
         self.message = message
         self.interval = interval
         self.edits = 0
@@ -55,6 +57,11 @@ class ThrottledMessage:
         except discord.HTTPException as exc:
             # A deleted message or a lost permission must not stop the job being followed.
             log.warning("could not edit the progress message %s: %s", self.message.id, exc)
+
+    def cancel(self) -> None:
+        """Drop a pending edit (the bot is stopping: its HTTP session is about to close)."""
+        if self._later is not None:
+            self._later.cancel()
 
     async def finish(self, text: str, file: discord.File | None = None) -> None:
         """The last edit (with an optional attachment), still no sooner than the interval."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
 
 log = logging.getLogger("fewtune.discord")
+FRONTEND = "discord"  # how this frontend names itself in a promotion's follower
 SETTINGS = (
     ("few_shot", "few-shot (as it is)"),
     ("fine_tuned", "fine-tuned alone"),
@@ -125,6 +127,7 @@ class Promoter:
         self.bot = bot
         self.core = bot.core
         self.running: dict[int, asyncio.Task[None]] = {}  # assistant id -> its follower
+        self._resuming: asyncio.Task[None] | None = None
 
     async def ask(self, interaction: discord.Interaction, name: str, force: bool) -> None:
         """The dataset's figures and a confirm button (ephemeral; refusals too)."""
@@ -166,9 +169,46 @@ class Promoter:
         assert isinstance(channel, discord.abc.Messageable)
         progress = Progress(assistant.name)
         message = await channel.send(progress.render(), allowed_mentions=NO_MENTIONS)
-        task = asyncio.create_task(self._follow(actor, assistant.name, force, message, progress))
-        self.running[assistant.id] = task
-        task.add_done_callback(lambda _: self.running.pop(assistant.id, None))
+        self._run(assistant.id, self._follow(actor, assistant.name, force, message, progress))
+
+    def _run(self, assistant_id: int, following: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(following)
+        self.running[assistant_id] = task
+        task.add_done_callback(lambda _: self.running.pop(assistant_id, None))
+
+    def start_resuming(self) -> None:
+        self._resuming = asyncio.create_task(self.resume())
+
+    async def resume(self) -> None:
+        """Go on following the promotions this bot was following when it stopped: their
+        progress messages are edited again (the job's events are read again from the start, so
+        the loss curve is whole), and each ends with its evaluation and switch as usual. They go
+        on as the member who started them, with the permissions they had then."""
+        try:
+            followed = await asyncio.to_thread(self.core.promotions.followed, FRONTEND)
+        except Exception:
+            log.exception("could not read the promotions to resume")
+            return
+        for promotion, assistant in followed:
+            follower = promotion.follower or {}
+            if assistant.id in self.running:
+                continue
+            actor = Actor(
+                str(follower["user_id"]),
+                follower.get("guild_id"),
+                bool(follower.get("can_manage_guild")),
+            )
+            channel = self.bot.get_partial_messageable(int(follower["channel_id"]))
+            message = channel.get_partial_message(int(follower["message_id"]))
+            progress = Progress(assistant.name)
+            progress.job_id, progress.status = promotion.job_id, promotion.status
+            shown = ThrottledMessage(message, self.bot.progress_interval)
+            force = bool(follower.get("force"))
+            log.info("resuming the promotion of %s (job %s)", assistant.name, promotion.job_id)
+            self._run(
+                assistant.id,
+                self._see_through(actor, assistant.name, force, shown, progress, promotion.id),
+            )
 
     async def _follow(
         self,
@@ -179,6 +219,57 @@ class Promoter:
         progress: Progress,
     ) -> None:
         shown = ThrottledMessage(message, self.bot.progress_interval)
+        try:
+            promotion = await self.core.promotions.start(actor, name, force=force)
+            progress.job_id, progress.status = promotion.job_id, promotion.status
+            await shown.show(progress.render())
+            # Recorded, so that a restarted bot goes on following it (`resume`).
+            follower = {
+                "frontend": FRONTEND,
+                "channel_id": str(message.channel.id),
+                "message_id": str(message.id),
+                "user_id": actor.user_id,
+                "guild_id": actor.guild_id,
+                "can_manage_guild": actor.can_manage_guild,
+                "force": force,
+            }
+            await asyncio.to_thread(self.core.promotions.follow_from, promotion.id, follower)
+        except FewtuneError as exc:
+            await shown.finish(f"**{name}**: the promotion stopped: {exc}")
+            return
+        except asyncio.CancelledError:
+            shown.cancel()
+            raise
+        except Exception:
+            log.exception("the promotion of %s failed", name)
+            await shown.finish(f"**{name}**: {UNEXPECTED}")
+            return
+        await self._see_through(actor, name, force, shown, progress, promotion.id)
+
+    async def _see_through(
+        self,
+        actor: Actor,
+        name: str,
+        force: bool,
+        shown: ThrottledMessage,
+        progress: Progress,
+        promotion_id: int,
+    ) -> None:
+        """Follow the job to its end, evaluate, switch, and show the result; then the
+        promotion is no longer followed. Stopped by the bot closing, it stays followed."""
+        try:
+            await self._to_the_end(actor, name, force, shown, progress)
+        except asyncio.CancelledError:
+            shown.cancel()
+            raise
+        try:
+            await asyncio.to_thread(self.core.promotions.follow_from, promotion_id, None)
+        except Exception:
+            log.exception("could not mark the promotion of %s as seen through", name)
+
+    async def _to_the_end(
+        self, actor: Actor, name: str, force: bool, shown: ThrottledMessage, progress: Progress
+    ) -> None:
         promotions = self.core.promotions
 
         async def on_progress(event: dict[str, Any]) -> None:
@@ -186,9 +277,6 @@ class Promoter:
             await shown.show(progress.render())
 
         try:
-            promotion = await promotions.start(actor, name, force=force)
-            progress.job_id, progress.status = promotion.job_id, promotion.status
-            await shown.show(progress.render())
             promotion = await promotions.follow(
                 actor, name, on_progress, poll_seconds=self.bot.promotion_poll_seconds
             )
@@ -229,7 +317,11 @@ class Promoter:
         return "\n".join(lines)
 
     async def close(self) -> None:
-        """Stop following (the jobs themselves go on; `/assistant status` reads them)."""
+        """Stop following (the jobs themselves go on; `/assistant status` reads them, and the
+        next start resumes following them)."""
+        if self._resuming is not None:
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
         tasks = list(self.running.values())
         for task in tasks:
             task.cancel()
