@@ -16,8 +16,10 @@ the bot's threads doing core work. 1.5 s is the model's 1 s plus half a second f
   `/chat` asks of the core for 200 new users at once, no Discord, from the same cold start);
   its wall time less the model's delay is the core's overhead, so Discord's share (wall time
   less the core alone's) must stay under 0.5 s;
-- as CPU time: the core's threads' CPU over the Discord burst, which shares 2 cores and one GIL
-  with the bot and so adds to the wall time in full.
+- as CPU time: the CPU of the core's threads over the Discord burst, its model calls included
+  (the openai client's thread is the core's: `assistants/providers.py`), which shares 2 cores
+  and one GIL with the bot and so adds to the wall time in full. Until this session the model
+  calls were left out of this sum; both sums are printed.
 
     .venv/bin/python bench/discord_load.py [--users 200] [--delay 1.0] [--runs 3]
 """
@@ -78,16 +80,22 @@ def cpu_seconds(stat: str | int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def core_thread_cpu() -> float:
-    """CPU seconds so far of this process's threads that run core work: the core's own pool
-    (store, embed, select, build, record) and the default pool the bot hands core calls to
-    (finding the conversation, linking messages). Linux; nan elsewhere."""
+CORE_THREADS = ("fewtune-core", "asyncio_")
+MODEL_THREADS = ("fewtune-models",)
+
+
+def thread_cpu(prefixes: tuple[str, ...]) -> float:
+    """CPU seconds so far of this process's threads named with one of `prefixes`. The core's
+    work runs on its own pool (`fewtune-core`: find or start the conversation, store, embed,
+    select, build, record) and on the default pool the bot hands core calls to (`asyncio_`:
+    linking messages, noting threads); its model calls (the openai client) on the core's model
+    loop (`fewtune-models`). Linux; nan elsewhere."""
     import threading
 
     return sum(
         cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
         for thread in threading.enumerate()
-        if thread.name.startswith(("fewtune-core", "asyncio_"))
+        if thread.name.startswith(prefixes)
     )
 
 
@@ -309,13 +317,14 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         await asyncio.sleep(0.2)
         pids = {"bot": os.getpid(), "discord": driver.pid, "model": server.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        core_before = core_thread_cpu()
+        core_before, models_before = thread_cpu(CORE_THREADS), thread_cpu(MODEL_THREADS)
         started = time.perf_counter()
         tell("go")
         result = await hear_driver()
         monitor.stop()
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-        cpu["core"] = core_thread_cpu() - core_before
+        cpu["core"] = thread_cpu(CORE_THREADS) - core_before
+        cpu["models"] = thread_cpu(MODEL_THREADS) - models_before
         await bot.close()
         await asyncio.wait_for(runner, 10)
         tell("bye")
@@ -371,11 +380,12 @@ def report(result: dict[str, float]) -> None:
         f"answered:         {result['answered']} (correct text: {result['correct']}, "
         f"threads opened: {result['threads']})"
     )
-    goal = 1.5 + result["cpu_core_s"]
+    goal = 1.5 + result["core_total_s"]
     print(
         f"wall time:        {result['wall_s']:.2f} s (model delay {result['model_delay_s']} s, "
-        f"overhead {result['overhead_s']:.2f} s; goal < 1.5 s + the core's CPU for the burst "
-        f"{result['cpu_core_s']:.2f} s = {goal:.2f} s: {met(result['wall_s'] < goal)})"
+        f"overhead {result['overhead_s']:.2f} s; goal < 1.5 s + the core's CPU for the burst, "
+        f"its model calls included, {result['core_total_s']:.2f} s = {goal:.2f} s: "
+        f"{met(result['wall_s'] < goal)}; without the model calls {met(result['wall_s'] < 1.5 + result['cpu_core_s'])})"
     )
     alone = result["alone_wall_s"]
     print(
@@ -394,7 +404,7 @@ def report(result: dict[str, float]) -> None:
     )
     print(
         f"CPU in the burst: bot {result['cpu_bot_s']:.2f} s (core work {result['cpu_core_s']:.2f} "
-        f"s), fake Discord and its users {result['cpu_discord_s']:.2f} s, model server "
+        f"s, its model calls {result['cpu_models_s']:.2f} s), fake Discord and its users {result['cpu_discord_s']:.2f} s, model server "
         f"{result['cpu_model_s']:.2f} s (on {os.cpu_count()} cores)"
     )
     print(f"slowest ack:      {result['ack_max_s']:.2f} s (Discord requires < 3 s)")
@@ -417,14 +427,16 @@ def summary(results: list[dict[str, float]]) -> None:
 
     runs = len(results)
     answered = sum(1 for r in results if r["failed"] == 0)
-    cpu_goal = sum(1 for r in results if r["wall_s"] < 1.5 + r["cpu_core_s"])
+    cpu_goal = sum(1 for r in results if r["wall_s"] < 1.5 + r["core_total_s"])
+    old_goal = sum(1 for r in results if r["wall_s"] < 1.5 + r["cpu_core_s"])
     share_goal = sum(1 for r in results if r["share_s"] < 0.5)
     lag_goal = sum(1 for r in results if r["lag_max_ms"] <= 50)
     print(f"\n== {runs} runs ==")
     print(f"all answered:     {answered}/{runs} runs")
     print(
         f"wall time:        median {median('wall_s'):.2f} s; core alone median "
-        f"{median('alone_wall_s'):.2f} s; core CPU median {median('cpu_core_s'):.2f} s"
+        f"{median('alone_wall_s'):.2f} s; core CPU median {median('core_total_s'):.2f} s "
+        f"({median('cpu_core_s'):.2f} s without the model calls)"
     )
     print(
         f"Discord's share:  median {median('share_s'):.2f} s; goal < 0.5 s met in "
@@ -432,6 +444,8 @@ def summary(results: list[dict[str, float]]) -> None:
     )
     print(
         f"wall < 1.5 s + core CPU: met in {cpu_goal}/{runs} runs (median margin "
+        f"{statistics.median(1.5 + r['core_total_s'] - r['wall_s'] for r in results):+.2f} s); "
+        f"without the model calls in it: met in {old_goal}/{runs} (median margin "
         f"{statistics.median(1.5 + r['cpu_core_s'] - r['wall_s'] for r in results):+.2f} s)"
     )
     print(
@@ -455,6 +469,7 @@ def main() -> None:
     for run in range(args.runs):
         result = asyncio.run(bench(args.users, args.delay))
         result["share_s"] = result["wall_s"] - result["alone_wall_s"]
+        result["core_total_s"] = result["cpu_core_s"] + result["cpu_models_s"]
         print(f"\n-- run {run + 1} of {args.runs} --")
         report(result)
         results.append(result)
