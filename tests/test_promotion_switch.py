@@ -73,3 +73,18 @@ def test_an_unevaluated_promotion_switches_only_when_forced(core, promoted):
         core.promotions.switch(TERMINAL, "helper")
     assert core.promotions.switch(TERMINAL, "helper", force=True).switched
     assert core.assistants.get(TERMINAL, "helper").k == 4
+
+
+def test_a_frontend_finds_the_promotions_it_follows_until_it_lets_them_go(core, promoted):
+    promoted(None)
+    promoted(None)
+    first, second = (p["id"] for p in core.db.query("SELECT id FROM promotions ORDER BY id"))
+    assert core.promotions.followed("discord") == []
+    where = {"frontend": "discord", "channel_id": "1", "message_id": "2", "user_id": "3"}
+    core.promotions.follow_from(second, where)
+    core.promotions.follow_from(first, {**where, "frontend": "slack"})
+    ((promotion, assistant),) = core.promotions.followed("discord")
+    assert promotion.id == second and promotion.follower == where and assistant.name == "helper"
+    core.promotions.follow_from(second, None)
+    assert core.promotions.followed("discord") == []
+    assert [p.id for p, _ in core.promotions.followed("slack")] == [first]

@@ -193,13 +193,17 @@ class Promoter:
             follower = promotion.follower or {}
             if assistant.id in self.running:
                 continue
-            actor = Actor(
-                str(follower["user_id"]),
-                follower.get("guild_id"),
-                bool(follower.get("can_manage_guild")),
-            )
-            channel = self.bot.get_partial_messageable(int(follower["channel_id"]))
-            message = channel.get_partial_message(int(follower["message_id"]))
+            try:
+                actor = Actor(
+                    str(follower["user_id"]),
+                    follower.get("guild_id"),
+                    bool(follower.get("can_manage_guild")),
+                )
+                channel = self.bot.get_partial_messageable(int(follower["channel_id"]))
+                message = channel.get_partial_message(int(follower["message_id"]))
+            except (KeyError, TypeError, ValueError):
+                log.warning("promotion %s: its follower %r is unreadable", promotion.id, follower)
+                continue
             progress = Progress(assistant.name)
             progress.job_id, progress.status = promotion.job_id, promotion.status
             shown = ThrottledMessage(message, self.bot.progress_interval)
