@@ -217,6 +217,14 @@ class Chat:
                 [(str(external_id), message_id) for external_id in external_ids],
             )
 
+    def _drop_if_empty(self, conversation_id: int) -> None:
+        with self.lock, self.db.conn:
+            self.db.execute(
+                "DELETE FROM conversations WHERE id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM messages WHERE conversation_id = ?)",
+                [conversation_id, conversation_id],
+            )
+
     def history(self, conversation_id: int) -> list[dict[str, Any]]:
         """The conversation's stored messages, oldest first."""
         return list(
@@ -298,7 +306,12 @@ class Chat:
             for m in self.history(conversation_id)
             if m["status"] == "ok"
         ]
-        composed = self.compose(assistant, history, text, seed=found.seed)
+        try:
+            composed = self.compose(assistant, history, text, seed=found.seed)
+        except InvalidInput:
+            if not isinstance(conversation, int) and not history:
+                self._drop_if_empty(conversation_id)  # started for this message: nothing stays
+            raise
         # Stored only once the prompt is known to fit, so a refused message leaves nothing behind.
         with self.lock, self.db.conn:
             user_message_id = insert_row(

@@ -242,3 +242,5 @@ async def test_a_message_too_long_for_the_prompt_is_refused_privately_and_not_st
     assert ix.ephemeral, "the placeholder is gone and the refusal is the user's alone"
     assert "send a shorter message" in ix.text() and "\n" not in ix.text().strip()
     assert stored_messages(w.core, w.bob) == [], "nothing stored"
+    started = w.core.db.query("SELECT id FROM conversations WHERE user_id = ?", [str(w.bob.id)])
+    assert list(started) == [], "not even the conversation it would have started"
