@@ -1,6 +1,7 @@
 """The one door to the models: every chat goes through the `openai` client to an
 OpenAI-compatible endpoint. `local` is fewtune's own server on loopback, started on demand;
-other providers come from fewtune.toml (or are built in, like `openai`).
+other providers come from fewtune.toml (or are built in, like `openai`). Chats stream through
+the client in the model calls' own process (assistants/model_worker.py), off the bot's GIL.
 
 Failures become ProviderError with one clear sentence. Retries are the openai client's own
 (bounded, exponential backoff, honouring Retry-After); timeouts bound every wait.
@@ -22,7 +23,10 @@ from storage.settings import ProviderConfig, Settings
 if TYPE_CHECKING:
     import openai  # imported when first needed: it takes a second or more to import
 
+    from assistants.model_process import ModelProcess
+
 LOCAL = "local"
+NOT_A_CHUNK = "The provider {!r} sent a chunk that is not an OpenAI chat chunk."
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Providers:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._local: tuple[str, str] | None = None  # the local server's base URL and token
+        self._process: ModelProcess | None = None  # the model calls' process (model loop only)
 
     def config(self, name: str) -> ProviderConfig:
         if name == LOCAL:
@@ -78,21 +83,9 @@ class Providers:
         return server.base_url, server.token
 
     async def client(self, name: str) -> openai.AsyncOpenAI:
-        config = self.config(name)
-        if name == LOCAL:
-            # Checked once, then remembered until a call cannot connect: checking before every
-            # message cost a request to the server each time.
-            if self._local is None:
-                self._local = await asyncio.to_thread(self._local_endpoint)
-            base_url, key = self._local
-        else:
-            if not config.base_url:
-                raise ProviderError(f"Provider {name!r} has no base_url in fewtune.toml.")
-            base_url, key = config.base_url, config.api_key or ""
-            if config.api_key_env and not key:
-                raise ProviderError(
-                    f"Provider {name!r} needs an API key: set {config.api_key_env}."
-                )
+        """An openai client for provider `name` on the running loop (the fine-tuning API and
+        files; chats go through the model calls' process, `stream_chat`)."""
+        base_url, key, config = await self._endpoint(name)
         # One client per event loop: an AsyncOpenAI's connection pool belongs to its loop.
         import openai
 
@@ -113,13 +106,20 @@ class Providers:
                 self._clients[cache_key] = client
         return client
 
-    def _model_loop(self) -> asyncio.AbstractEventLoop:
-        """The private event loop, in a daemon thread, where every model call runs.
+    @property
+    def calls_pid(self) -> int | None:
+        """The process id of the model calls' process, once started (benchmarks read its CPU)."""
+        process = self._process.process if self._process is not None else None
+        return process.pid if process is not None else None
 
-        Streaming through the openai client costs CPU per chunk (parsing, validation); with many
-        replies streaming at once, on the caller's loop that work queued up into pauses of
-        hundreds of milliseconds for everything else there (the Discord bot's gateway and
-        interactions). On its own loop the caller gets only finished chunks.
+    def _model_loop(self) -> asyncio.AbstractEventLoop:
+        """The private event loop, in a daemon thread, where the bot's side of every model
+        call runs (talking to the model calls' process).
+
+        Streaming costs CPU per chunk; with many replies streaming at once, on the caller's
+        loop that work queued up into pauses of hundreds of milliseconds for everything else
+        there (the Discord bot's gateway and interactions). On its own loop the caller gets
+        only finished chunks.
         """
         with self._lock:
             if self._loop is None:
@@ -182,6 +182,23 @@ class Providers:
         finally:
             future.cancel()  # an abandoned stream stops at once
 
+    async def _endpoint(self, name: str) -> tuple[str, str, ProviderConfig]:
+        """Where provider `name` answers: base URL, API key, and its settings."""
+        config = self.config(name)
+        if name == LOCAL:
+            # Checked once, then remembered until a call cannot connect: checking before every
+            # message cost a request to the server each time.
+            if self._local is None:
+                self._local = await asyncio.to_thread(self._local_endpoint)
+            base_url, key = self._local
+            return base_url, key, config
+        if not config.base_url:
+            raise ProviderError(f"Provider {name!r} has no base_url in fewtune.toml.")
+        key = config.api_key or ""
+        if config.api_key_env and not key:
+            raise ProviderError(f"Provider {name!r} needs an API key: set {config.api_key_env}.")
+        return config.base_url, key, config
+
     async def _stream(
         self,
         model: ModelRef,
@@ -189,8 +206,8 @@ class Providers:
         temperature: float,
         max_tokens: int | None,
     ) -> AsyncIterator[Chunk]:
-        import openai
-
+        """Stream through the model calls' process (assistants/model_worker.py), which runs the
+        openai client beside the bot instead of in its GIL; runs on the model loop."""
         body: dict[str, Any] = {
             "model": model.model,
             "messages": messages,
@@ -200,41 +217,36 @@ class Providers:
         }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        if self._process is None:
+            from assistants.model_process import ModelProcess
+
+            self._process = ModelProcess()
         for attempt in (1, 2):
-            client = await self.client(model.provider)
-            try:
-                # The openai client's own request path (`client.post`, as its README shows for
-                # any endpoint: same retries, timeouts, errors), given the body as plain JSON
-                # and reading chunks as parsed JSON: `chat.completions.create` walks every
-                # message through its type transforms and builds a model object per chunk,
-                # which was half the bot's CPU for 200 chats at once (docs/benchmarks.md).
-                # `object`, not `dict[str, Any]`: the client then hands each chunk over as it
-                # was parsed instead of walking its every value to "construct" it.
-                stream = await client.post(
-                    "/chat/completions",
-                    body=body,
-                    cast_to=object,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[object],
-                )
-                break
-            except openai.APIConnectionError as exc:
-                if model.provider == LOCAL and attempt == 1:
-                    # The remembered local server stopped (idle) or moved: find or start it.
-                    self._local = None
-                    continue
-                raise ProviderError(describe(model, exc)) from exc
-            except openai.APIError as exc:
-                raise ProviderError(describe(model, exc)) from exc
-        try:
-            async for event in stream:
-                yield parse_chunk(event)
-        except openai.APIError as exc:
-            raise ProviderError(describe(model, exc)) from exc
-        except (TypeError, AttributeError, IndexError, KeyError, ValueError) as exc:
-            raise ProviderError(
-                f"The provider {model.provider!r} sent a chunk that is not an OpenAI chat chunk."
-            ) from exc
+            base_url, key, config = await self._endpoint(model.provider)
+            request = {
+                "base_url": base_url,
+                "key": key,
+                "timeout": config.timeout,
+                "max_retries": config.max_retries,
+                "provider": model.provider,
+                "model": model.model,
+                "body": body,
+            }
+            async with contextlib.aclosing(self._process.stream(request)) as replies:
+                async for message in replies:
+                    if "chunk" in message:
+                        try:
+                            chunk = parse_chunk(message["chunk"])
+                        except (TypeError, AttributeError, IndexError, KeyError, ValueError) as exc:
+                            raise ProviderError(NOT_A_CHUNK.format(model.provider)) from exc
+                        yield chunk
+                    elif "error" in message:
+                        if message.get("connect") and model.provider == LOCAL and attempt == 1:
+                            break  # the remembered local server stopped (idle) or moved
+                        raise ProviderError(message["error"])
+                    else:
+                        return
+            self._local = None  # find or start the local server again, then retry once
 
     async def close(self) -> None:
         """Close the clients made on this loop and on the model loop."""
@@ -250,6 +262,11 @@ class Providers:
                 with contextlib.suppress(Exception):
                     await asyncio.wrap_future(closing)
             self._clients.pop((key, loop_id), None)
+        process, self._process = self._process, None
+        if process is not None and loop is not None and not loop.is_closed():
+            stopping = asyncio.run_coroutine_threadsafe(process.close(), loop)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(stopping)
 
 
 def parse_chunk(event: object) -> Chunk:

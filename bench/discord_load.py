@@ -316,6 +316,7 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         monitor.start()
         await asyncio.sleep(0.2)
         pids = {"bot": os.getpid(), "discord": driver.pid, "model": server.pid}
+        pids["calls"] = core.providers.calls_pid or 0  # the core's model calls' own process
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         core_before, models_before = thread_cpu(CORE_THREADS), thread_cpu(MODEL_THREADS)
         started = time.perf_counter()
@@ -335,7 +336,10 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         await core.chat.ask(actor, "bench", "warm up")
         gc.collect()
         alone = await core_alone(
-            core, users, fake["guild"], {"bot": os.getpid(), "model": server.pid}
+            core,
+            users,
+            fake["guild"],
+            {"bot": os.getpid(), "model": server.pid, "calls": core.providers.calls_pid or 0},
         )
         await asyncio.get_running_loop().shutdown_default_executor()  # see bot/discord serve()
         await core.providers.close()
@@ -391,7 +395,8 @@ def report(result: dict[str, float]) -> None:
     print(
         f"core alone:       {alone:.2f} s for the same {result['users']} messages without Discord "
         f"(overhead {alone - result['model_delay_s']:.2f} s; CPU: bot "
-        f"{result['alone_cpu_bot_s']:.2f} s, model server {result['alone_cpu_model_s']:.2f} s)"
+        f"{result['alone_cpu_bot_s']:.2f} s, its model calls' process "
+        f"{result['alone_cpu_calls_s']:.2f} s, model server {result['alone_cpu_model_s']:.2f} s)"
     )
     print(
         f"Discord's share:  {result['share_s']:.2f} s = wall time - core alone (goal read this "
@@ -404,7 +409,8 @@ def report(result: dict[str, float]) -> None:
     )
     print(
         f"CPU in the burst: bot {result['cpu_bot_s']:.2f} s (core work {result['cpu_core_s']:.2f} "
-        f"s, its model calls {result['cpu_models_s']:.2f} s), fake Discord and its users {result['cpu_discord_s']:.2f} s, model server "
+        f"s, its model calls {result['cpu_models_s']:.2f} s in the bot and "
+        f"{result['cpu_calls_s']:.2f} s in their own process), fake Discord and its users {result['cpu_discord_s']:.2f} s, model server "
         f"{result['cpu_model_s']:.2f} s (on {os.cpu_count()} cores)"
     )
     print(f"slowest ack:      {result['ack_max_s']:.2f} s (Discord requires < 3 s)")
@@ -469,7 +475,9 @@ def main() -> None:
     for run in range(args.runs):
         result = asyncio.run(bench(args.users, args.delay))
         result["share_s"] = result["wall_s"] - result["alone_wall_s"]
-        result["core_total_s"] = result["cpu_core_s"] + result["cpu_models_s"]
+        result["core_total_s"] = (
+            result["cpu_core_s"] + result["cpu_models_s"] + result["cpu_calls_s"]
+        )
         print(f"\n-- run {run + 1} of {args.runs} --")
         report(result)
         results.append(result)

@@ -227,3 +227,58 @@ def test_a_provider_streaming_something_else_than_chat_chunks_gets_one_clear_lin
         "Error: The provider 'odd' sent a chunk that is not an OpenAI chat chunk."
     ]
     core.close()
+
+
+async def test_when_the_model_calls_process_dies_the_chat_says_so_and_the_next_one_works(
+    fewtune_home, embedder, monkeypatch
+):
+    """The model calls run in a process of their own (assistants/model_worker.py): killed while
+    a reply streams, that reply fails in one sentence and the next message starts a new one."""
+    import http.server
+    import os
+    import signal
+    import threading
+
+    asked = threading.Event()
+    release = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            if not asked.is_set():
+                asked.set()
+                release.wait(30)  # the first reply never comes while the test runs
+                return
+            chunk = {"choices": [{"index": 0, "delta": {"content": "hello"}}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    core = core_with_provider(
+        fewtune_home, embedder, monkeypatch, "slow", server.server_address[1], "max_retries = 0\n"
+    )
+    try:
+        import asyncio
+
+        first = asyncio.create_task(core.chat.ask(TERMINAL, "helper", "one"))
+        while not asked.is_set():
+            await asyncio.sleep(0.05)
+        pid = core.providers.calls_pid
+        assert pid is not None and pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ProviderError, match="process stopped unexpectedly"):
+            await asyncio.wait_for(first, 20)
+        second = await asyncio.wait_for(core.chat.ask(TERMINAL, "helper", "two"), 60)
+        assert second.text == "hello"
+        assert core.providers.calls_pid not in (None, pid)
+    finally:
+        release.set()
+        server.shutdown()
+        await core.providers.close()
+        core.close()
