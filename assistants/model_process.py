@@ -25,12 +25,19 @@ class ModelProcess:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()  # one start at a time (a warm-up and a first chat)
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
+        """Start the worker unless it runs."""
+        async with self._starting:
+            if not self.alive:
+                await self._start()
+
+    async def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p

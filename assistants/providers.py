@@ -106,6 +106,24 @@ class Providers:
                 self._clients[cache_key] = client
         return client
 
+    def _calls(self) -> ModelProcess:
+        """The model calls' process (made on the model loop, started on first use)."""
+        if self._process is None:
+            from assistants.model_process import ModelProcess
+
+            self._process = ModelProcess()
+        return self._process
+
+    async def warm_up(self) -> None:
+        """Start the model calls' process now rather than on the first chat, which it would
+        hold up by about a second (it imports the openai client)."""
+        loop = self._model_loop()
+
+        async def start() -> None:
+            await self._calls().start()
+
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(start(), loop))
+
     @property
     def calls_pid(self) -> int | None:
         """The process id of the model calls' process, once started (benchmarks read its CPU)."""
@@ -217,10 +235,7 @@ class Providers:
         }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
-        if self._process is None:
-            from assistants.model_process import ModelProcess
-
-            self._process = ModelProcess()
+        process = self._calls()
         for attempt in (1, 2):
             base_url, key, config = await self._endpoint(model.provider)
             request = {
@@ -232,7 +247,7 @@ class Providers:
                 "model": model.model,
                 "body": body,
             }
-            async with contextlib.aclosing(self._process.stream(request)) as replies:
+            async with contextlib.aclosing(process.stream(request)) as replies:
                 async for message in replies:
                     if "chunk" in message:
                         try:

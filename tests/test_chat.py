@@ -282,3 +282,26 @@ async def test_when_the_model_calls_process_dies_the_chat_says_so_and_the_next_o
         server.shutdown()
         await core.providers.close()
         core.close()
+
+
+async def test_the_model_calls_process_starts_once_on_warm_up_and_stops_on_close(
+    fewtune_home, embedder, monkeypatch
+):
+    import asyncio
+    import os
+
+    core = core_with_provider(fewtune_home, embedder, monkeypatch, "any", closed_port(), "")
+    try:
+        assert core.providers.calls_pid is None, "started on demand, not with the core"
+        await asyncio.gather(core.providers.warm_up(), core.providers.warm_up())
+        pid = core.providers.calls_pid
+        assert pid is not None
+        os.kill(pid, 0)  # running
+        await core.providers.warm_up()
+        assert core.providers.calls_pid == pid, "one process"
+    finally:
+        await core.providers.close()
+        core.close()
+    assert core.providers.calls_pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
