@@ -4,8 +4,8 @@
 talks to it in JSON lines over its pipes. Why a process: the openai client's CPU per chat (the
 request, the connection, the server-sent events) competed for the bot's GIL with discord.py and
 the core's threads; here it runs beside them on another core. Measured on 200 chats at once
-through Discord: wall time 2.9-3.1 s in a thread of the bot, 2.0-2.4 s here
-(docs/benchmarks.md).
+through Discord, 7 pairs side by side: wall time median 2.43 s in a thread of the bot, 2.04 s
+here (docs/benchmarks.md).
 
 In, one per line:  {"id", "base_url", "key", "timeout", "max_retries", "provider", "model",
                     "body"}  or  {"cancel": id}
