@@ -23,10 +23,10 @@ import httpx
 
 from assistants.errors import ProviderError
 from storage.locks import file_lock
+from storage.processes import python_env
 from storage.settings import Settings
 
 TOKEN_ENV = "FEWTUNE_SERVER_TOKEN"
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent  # so the child finds `training`
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,7 @@ def _start(settings: Settings) -> LocalServer:
         "--idle-timeout",
         str(settings.server.idle_timeout),
     ]
-    env = dict(os.environ, FEWTUNE_HOME=str(settings.home), HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env = {**python_env(), "FEWTUNE_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
     with open(log_path, "ab") as log:
         offset = log.tell()
         log.write(f"--- starting: {' '.join(command)}\n".encode())

@@ -7,13 +7,12 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import sys
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent  # so the child finds `assistants`
+from storage.processes import python_env
+
 STOPPED = "The model calls' process stopped unexpectedly; try again."
 
 
@@ -38,17 +37,13 @@ class ModelProcess:
                 await self._start()
 
     async def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-        )
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "assistants.model_worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=env,
+            env=python_env(),
             limit=2**26,
         )
         self._reader = asyncio.create_task(self._read(self.process))

@@ -26,6 +26,7 @@ import numpy as np
 
 from storage.batching import Batcher
 from storage.locks import file_lock
+from storage.processes import python_env
 from storage.settings import cache_dir
 
 DIMENSION = 384
@@ -63,18 +64,13 @@ def onnx_graph() -> Path:
         if target.exists():  # another process exported it while this one waited
             return target
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        root = str(Path(__file__).resolve().parents[1])
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-        }
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "storage.onnx_export", str(folder), str(partial)],
                 capture_output=True,
                 text=True,
                 timeout=EXPORT_TIMEOUT,
-                env=env,
+                env=python_env(),
             )
         except subprocess.TimeoutExpired as exc:
             partial.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import training
+from storage.processes import python_env
 from storage.settings import Settings
 from training.finetune.adapters import README, fine_tuned_model_name, publish_adapter
 from training.finetune.run_job import EXIT_STOPPED
@@ -193,11 +193,7 @@ class JobWorker:
             ):
                 return  # cancelled in between
             self.store.add_event(job_id, f"Fine-tuning job {word}")
-        root = str(Path(training.__file__).resolve().parent.parent)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-        }
+        env = python_env()
         env.setdefault("HF_HUB_OFFLINE", "1")
         log_file = open(job_dir / "train.log", "ab")  # noqa: SIM115 (closed when the job ends)
         process = subprocess.Popen(
