@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -105,6 +109,26 @@ def core_with_provider(home, embedder, monkeypatch, name: str, port: int, settin
     return core
 
 
+def event_stream_server(write: Callable[[Any], None]) -> http.server.ThreadingHTTPServer:
+    """A real HTTP server on 127.0.0.1 answering every POST with 200 and server-sent events:
+    `write(wfile)` writes them (or holds the answer back). Shut it down after use."""
+
+    class Events(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            write(self.wfile)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Events)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
     fewtune_home, embedder, monkeypatch
 ):
@@ -199,22 +223,9 @@ def test_a_provider_streaming_something_else_than_chat_chunks_gets_one_clear_lin
     fewtune_home, embedder, monkeypatch
 ):
     """An endpoint that answers 200 with server-sent events that are not chat chunks."""
-    import http.server
-    import threading
-
-    class NotChat(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            self.wfile.write(b'data: ["not", "a", "chunk"]\n\ndata: [DONE]\n\n')
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotChat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = event_stream_server(
+        lambda out: out.write(b'data: ["not", "a", "chunk"]\n\ndata: [DONE]\n\n')
+    )
     try:
         settings = "max_retries = 0\ntimeout = 5\n"
         port = server.server_address[1]
@@ -234,32 +245,21 @@ async def test_when_the_model_calls_process_dies_the_chat_says_so_and_the_next_o
 ):
     """The model calls run in a process of their own (assistants/model_worker.py): killed while
     a reply streams, that reply fails in one sentence and the next message starts a new one."""
-    import http.server
     import os
     import signal
-    import threading
 
     asked = threading.Event()
     release = threading.Event()
 
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            if not asked.is_set():
-                asked.set()
-                release.wait(30)  # the first reply never comes while the test runs
-                return
-            chunk = {"choices": [{"index": 0, "delta": {"content": "hello"}}]}
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+    def write(out) -> None:
+        if not asked.is_set():
+            asked.set()
+            release.wait(30)  # the first reply never comes while the test runs
+            return
+        chunk = {"choices": [{"index": 0, "delta": {"content": "hello"}}]}
+        out.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = event_stream_server(write)
     core = core_with_provider(
         fewtune_home, embedder, monkeypatch, "slow", server.server_address[1], "max_retries = 0\n"
     )
