@@ -35,9 +35,9 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
-@pytest.mark.slow
-async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(world: World):
-    w = world
+async def ask_to_promote(w: World):
+    """Alice's assistant `numbers` on the tiny model with 40 examples, and her
+    `/assistant promote numbers` (answered with the dataset and a Promote button)."""
     w.bot.promotion_poll_seconds = 0.2
     await create_assistant(w, w.alice, "numbers")
     owner = w.bot_actor(w.alice)
@@ -45,10 +45,16 @@ async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(w
     w.core.assistants.edit(owner, "numbers", model="fewtune:tiny-llama", max_tokens=4, k=2)
     lines = "\n".join(json.dumps({"input": f"number {i}", "output": str(i)}) for i in range(40))
     w.core.examples.import_data(owner, "numbers", "e.jsonl", lines.encode())
-
     ix = await run(
         w, "assistant", "promote", user=w.alice, channel=w.channel, options={"name": "numbers"}
     )
+    return owner, ix
+
+
+@pytest.mark.slow
+async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(world: World):
+    w = world
+    owner, ix = await ask_to_promote(w)
     assert ix.acknowledged_after < 3
     asked = next((m for m in ix.messages() if m.buttons()), None)
     assert asked is not None, ix.text()
@@ -114,16 +120,7 @@ async def test_a_restarted_bot_goes_on_following_the_promotion_to_its_end(world:
     from discord_fake.harness import running_bot
 
     w = world
-    w.bot.promotion_poll_seconds = 0.2
-    await create_assistant(w, w.alice, "numbers")
-    owner = w.bot_actor(w.alice)
-    w.core.assistants.edit(owner, "numbers", model="fewtune:tiny-llama", max_tokens=4, k=2)
-    lines = "\n".join(json.dumps({"input": f"number {i}", "output": str(i)}) for i in range(40))
-    w.core.examples.import_data(owner, "numbers", "e.jsonl", lines.encode())
-
-    ix = await run(
-        w, "assistant", "promote", user=w.alice, channel=w.channel, options={"name": "numbers"}
-    )
+    owner, ix = await ask_to_promote(w)
     asked = next(m for m in ix.messages() if m.buttons())
     await w.fake.answered(await w.fake.click(asked, "Promote", user=w.alice))
 
