@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from assistants.providers import NOT_A_CHUNK, ModelRef, describe
+from assistants.providers import NOT_A_CHUNK, ModelRef, describe, make_client
 
 
 class Worker:
@@ -33,19 +33,10 @@ class Worker:
         self.writer.write(json.dumps(message, ensure_ascii=False).encode() + b"\n")
 
     def client(self, request: dict[str, Any]) -> Any:
-        import openai
-
         key = (request["base_url"], request["key"], request["timeout"], request["max_retries"])
         found = self.clients.get(key)
         if found is None:
-            found = self.clients[key] = openai.AsyncOpenAI(
-                base_url=request["base_url"],
-                api_key=request["key"] or "none",
-                timeout=request["timeout"],
-                max_retries=request["max_retries"],
-                # openai's own aiohttp transport: half the CPU of the httpx pool for 200 chats
-                http_client=openai.DefaultAioHttpClient(timeout=request["timeout"]),
-            )
+            found = self.clients[key] = make_client(*key)
         return found
 
     async def stream(self, request: dict[str, Any]) -> None:

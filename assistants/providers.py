@@ -87,22 +87,11 @@ class Providers:
         files; chats go through the model calls' process, `stream_chat`)."""
         base_url, key, config = await self._endpoint(name)
         # One client per event loop: an AsyncOpenAI's connection pool belongs to its loop.
-        import openai
-
         cache_key = (f"{name}|{base_url}|{key}", id(asyncio.get_running_loop()))
         with self._lock:
             client = self._clients.get(cache_key)
             if client is None:
-                client = openai.AsyncOpenAI(
-                    base_url=base_url,
-                    api_key=key or "none",
-                    timeout=config.timeout,
-                    max_retries=config.max_retries,
-                    # openai's own aiohttp transport (vendored in the package): for 200 chats
-                    # at once it cost half the CPU of the default httpx pool, which checks every
-                    # pooled connection on each request (docs/benchmarks.md).
-                    http_client=openai.DefaultAioHttpClient(timeout=config.timeout),
-                )
+                client = make_client(base_url, key, config.timeout, config.max_retries)
                 self._clients[cache_key] = client
         return client
 
@@ -282,6 +271,22 @@ class Providers:
             stopping = asyncio.run_coroutine_threadsafe(process.close(), loop)
             with contextlib.suppress(Exception):
                 await asyncio.wrap_future(stopping)
+
+
+def make_client(base_url: str, key: str, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
+    """An openai client for one endpoint, bound to the running loop's connection pool."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key=key or "none",
+        timeout=timeout,
+        max_retries=max_retries,
+        # openai's own aiohttp transport (vendored in the package): for 200 chats at once it
+        # cost half the CPU of the default httpx pool, which checks every pooled connection on
+        # each request (docs/benchmarks.md).
+        http_client=openai.DefaultAioHttpClient(timeout=timeout),
+    )
 
 
 def parse_chunk(event: object) -> Chunk:
