@@ -14,7 +14,7 @@ import io
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
 
 log = logging.getLogger("fewtune.discord")
+T = TypeVar("T")
 FRONTEND = "discord"  # how this frontend names itself in a promotion's follower
 SETTINGS = (
     ("few_shot", "few-shot (as it is)"),
@@ -223,32 +224,37 @@ class Promoter:
         progress: Progress,
     ) -> None:
         shown = ThrottledMessage(message, self.bot.progress_interval)
-        try:
-            promotion = await self.core.promotions.start(actor, name, force=force)
-            progress.job_id, progress.status = promotion.job_id, promotion.status
-            await shown.show(progress.render())
-            # Recorded, so that a restarted bot goes on following it (`resume`).
-            follower = {
-                "frontend": FRONTEND,
-                "channel_id": str(message.channel.id),
-                "message_id": str(message.id),
-                "user_id": actor.user_id,
-                "guild_id": actor.guild_id,
-                "can_manage_guild": actor.can_manage_guild,
-                "force": force,
-            }
-            await asyncio.to_thread(self.core.promotions.follow_from, promotion.id, follower)
-        except FewtuneError as exc:
-            await shown.finish(f"**{name}**: the promotion stopped: {exc}")
-            return
-        except asyncio.CancelledError:
-            shown.cancel()
-            raise
-        except Exception:
-            log.exception("the promotion of %s failed", name)
-            await shown.finish(f"**{name}**: {UNEXPECTED}")
-            return
-        await self._see_through(actor, name, force, shown, progress, promotion.id)
+        started = await self._or_say_why(
+            name, shown, self._start(actor, name, force, message, shown, progress)
+        )
+        if started is not None:
+            await self._see_through(actor, name, force, shown, progress, started)
+
+    async def _start(
+        self,
+        actor: Actor,
+        name: str,
+        force: bool,
+        message: discord.Message,
+        shown: ThrottledMessage,
+        progress: Progress,
+    ) -> int:
+        """Start the promotion and record where it is followed; its id."""
+        promotion = await self.core.promotions.start(actor, name, force=force)
+        progress.job_id, progress.status = promotion.job_id, promotion.status
+        await shown.show(progress.render())
+        # Recorded, so that a restarted bot goes on following it (`resume`).
+        follower = {
+            "frontend": FRONTEND,
+            "channel_id": str(message.channel.id),
+            "message_id": str(message.id),
+            "user_id": actor.user_id,
+            "guild_id": actor.guild_id,
+            "can_manage_guild": actor.can_manage_guild,
+            "force": force,
+        }
+        await asyncio.to_thread(self.core.promotions.follow_from, promotion.id, follower)
+        return promotion.id
 
     async def _see_through(
         self,
@@ -261,15 +267,28 @@ class Promoter:
     ) -> None:
         """Follow the job to its end, evaluate, switch, and show the result; then the
         promotion is no longer followed. Stopped by the bot closing, it stays followed."""
-        try:
-            await self._to_the_end(actor, name, force, shown, progress)
-        except asyncio.CancelledError:
-            shown.cancel()
-            raise
+        await self._or_say_why(name, shown, self._to_the_end(actor, name, force, shown, progress))
         try:
             await asyncio.to_thread(self.core.promotions.follow_from, promotion_id, None)
         except Exception:
             log.exception("could not mark the promotion of %s as seen through", name)
+
+    async def _or_say_why(
+        self, name: str, shown: ThrottledMessage, step: Coroutine[Any, Any, T]
+    ) -> T | None:
+        """Run one step of a promotion; a refusal or a failure ends its message with the reason
+        (None). The bot closing stops it and drops the pending edit."""
+        try:
+            return await step
+        except FewtuneError as exc:
+            await shown.finish(f"**{name}**: the promotion stopped: {exc}")
+        except asyncio.CancelledError:
+            shown.cancel()
+            raise
+        except Exception:
+            log.exception("the promotion of %s failed", name)
+            await shown.finish(f"**{name}**: {UNEXPECTED}")
+        return None
 
     async def _to_the_end(
         self, actor: Actor, name: str, force: bool, shown: ThrottledMessage, progress: Progress
@@ -280,29 +299,21 @@ class Promoter:
             progress.add(event)
             await shown.show(progress.render())
 
-        try:
-            promotion = await promotions.follow(
-                actor, name, on_progress, poll_seconds=self.bot.promotion_poll_seconds
+        promotion = await promotions.follow(
+            actor, name, on_progress, poll_seconds=self.bot.promotion_poll_seconds
+        )
+        if promotion.status != "succeeded":
+            reason = promotion.error or "no reason given"
+            await shown.finish(
+                f"**{name}**: the fine-tuning job ended {promotion.status}: {reason}"
             )
-            if promotion.status != "succeeded":
-                reason = promotion.error or "no reason given"
-                await shown.finish(
-                    f"**{name}**: the fine-tuning job ended {promotion.status}: {reason}"
-                )
-                return
-            await on_progress({"status": "evaluating", "message": "Evaluating on held-out chats…"})
-            await promotions.evaluate(actor, name, on_progress)
-            promotion = await asyncio.to_thread(promotions.switch, actor, name, force)
-            png = await asyncio.to_thread(loss_curve_png, progress.history, f"{name}: loss")
-            file = discord.File(io.BytesIO(png), filename="loss.png") if png else None
-            await shown.finish(self._final(name, promotion), file)
-        except FewtuneError as exc:
-            await shown.finish(f"**{name}**: the promotion stopped: {exc}")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the promotion of %s failed", name)
-            await shown.finish(f"**{name}**: {UNEXPECTED}")
+            return
+        await on_progress({"status": "evaluating", "message": "Evaluating on held-out chats…"})
+        await promotions.evaluate(actor, name, on_progress)
+        promotion = await asyncio.to_thread(promotions.switch, actor, name, force)
+        png = await asyncio.to_thread(loss_curve_png, progress.history, f"{name}: loss")
+        file = discord.File(io.BytesIO(png), filename="loss.png") if png else None
+        await shown.finish(self._final(name, promotion), file)
 
     @staticmethod
     def _final(name: str, promotion: Promotion) -> str:
