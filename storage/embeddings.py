@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.batching import Batcher
+from storage.errors import FewtuneError
 from storage.locks import file_lock
 from storage.processes import python_env
 from storage.settings import cache_dir
@@ -37,7 +38,7 @@ Backend = Literal["auto", "onnx", "torch"]
 log = logging.getLogger(__name__)
 
 
-class EmbedderUnavailable(RuntimeError):
+class EmbedderUnavailable(FewtuneError, RuntimeError):
     """The embedding model cannot run on this machine (with the backend asked for)."""
 
 
