@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistants.api import Api
 from assistants.assistant import Assistants
 from assistants.chat import Chat
 from assistants.examples import Examples
@@ -38,7 +39,7 @@ class Core:
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
         self.db = open_db(settings.db_path)
-        self.lock = threading.RLock()  # one writer at a time on the shared connection
+        self.lock = threading.RLock()  # one writer at a time: SQLite allows one write transaction
         self.embedder = embedder or Embedder()
         self._index: ExampleIndex | None = None
         self._index_lock = threading.Lock()
@@ -61,6 +62,7 @@ class Core:
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)
         self.promotions = Promotions(self.db, self.assistants, self.chat, self.providers, self.lock)
+        self.api = Api(self)  # what frontends await (assistants/api.py)
 
     @classmethod
     def open(cls, home: str | Path | None = None, embedder: Embedder | None = None) -> Core:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from assistants.actor import Actor
 from assistants.assistant import Assistant
-from assistants.core import Core
 from assistants.errors import NotFound
+
+if TYPE_CHECKING:  # the core holds the api, which calls these
+    from assistants.core import Core
 
 DEMO_NAME = "numbers"
 

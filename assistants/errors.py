@@ -1,12 +1,23 @@
 """Errors a user can cause. Each message is one clear sentence: what was wrong and what to do.
 
-Frontends print `str(error)` (the CLI on one line, Discord as an ephemeral message); anything
-else that escapes is a bug and keeps its traceback.
+They build on `storage.errors.FewtuneError`, the family that storage's outages (the index, the
+embedder, the settings file) belong to as well. Frontends catch FewtuneError alone and print
+`str(error)` (the CLI on one line, Discord as an ephemeral message); anything else that escapes
+is a bug and keeps its traceback.
 """
 
+from storage.errors import FewtuneError
 
-class FewtuneError(Exception):
-    """Base of every error a user can cause or fix."""
+__all__ = [
+    "AlreadyExists",
+    "FewtuneError",
+    "ImportRejected",
+    "InvalidInput",
+    "LimitExceeded",
+    "NotFound",
+    "PermissionDenied",
+    "ProviderError",
+]
 
 
 class NotFound(FewtuneError):

@@ -1,8 +1,9 @@
 """Examples: pairs of a message and a good answer (optionally several turns) that teach an
 assistant by being put in its prompt. SQLite holds them; the index holds their input vectors.
 
-Writes go SQLite first (with the assistant marked `index_dirty` in the same transaction), then
-the index, then the mark is cleared. If the index write fails, the SQLite rows are removed again
+Writes go SQLite first (with the assistant marked `index_dirty` in the same transaction, under
+the core's lock), then the index (outside the lock: embedding takes long), then the mark is taken
+back. If the index write fails, the SQLite rows are removed again
 and the user is told; if the process dies in between, the mark makes the next start repair it.
 """
 
@@ -188,28 +189,52 @@ class Examples:
     def _insert(
         self, assistant: Assistant, items: builtins.list[ExampleData], source: str, author: str
     ) -> tuple[builtins.list[Example], int]:
+        """Store new examples: rows and the dirty mark in one transaction under the core's lock,
+        then the index written outside it (embedding a large import takes long and every chat
+        writes under that lock), then the mark taken back. A failed index write deletes the rows."""
         index = self._index()
+        ids, texts, duplicates = self._insert_rows(assistant, items, source, author)
+        if not ids:
+            return [], duplicates
+        try:
+            index.add(assistant.id, ids, texts)
+        except Exception:
+            with self.lock, self.db.conn:
+                marks = ",".join("?" * len(ids))
+                self.db.execute(f"DELETE FROM examples WHERE id IN ({marks})", ids)
+                self._unmark_dirty(assistant.id)
+            raise
+        with self.lock, self.db.conn:
+            self._unmark_dirty(assistant.id)
+        return self.by_ids(assistant.id, ids), duplicates
+
+    def _insert_rows(
+        self, assistant: Assistant, items: builtins.list[ExampleData], source: str, author: str
+    ) -> tuple[builtins.list[int], builtins.list[str], int]:
+        """The SQLite half of `_insert`: the new rows' ids and inputs, and the duplicates skipped.
+        Checking for duplicates and inserting under one lock means two imports of the same file
+        at once cannot both insert: the second finds the first's rows."""
+        seen: set[str] = set()
+        rows = []
+        stamp = now()
+        for item in items:
+            digest = content_hash(item)
+            if digest in seen:
+                continue
+            seen.add(digest)
+            rows.append(
+                {
+                    "assistant_id": assistant.id,
+                    "input": item.input.strip(),
+                    "output": item.output.strip(),
+                    "turns": json.dumps(item.turns, ensure_ascii=False) if item.turns else None,
+                    "source": source,
+                    "author_id": author,
+                    "content_hash": digest,
+                    "created_at": stamp,
+                }
+            )
         with self.lock:
-            seen: set[str] = set()
-            rows = []
-            stamp = now()
-            for item in items:
-                digest = content_hash(item)
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                rows.append(
-                    {
-                        "assistant_id": assistant.id,
-                        "input": item.input.strip(),
-                        "output": item.output.strip(),
-                        "turns": json.dumps(item.turns, ensure_ascii=False) if item.turns else None,
-                        "source": source,
-                        "author_id": author,
-                        "content_hash": digest,
-                        "created_at": stamp,
-                    }
-                )
             existing = {
                 r[0]
                 for r in self.db.execute(
@@ -225,24 +250,13 @@ class Examples:
                     f"{MAX_EXAMPLES_PER_ASSISTANT:,}. Remove some first."
                 )
             if not new_rows:
-                return [], duplicates
+                return [], [], duplicates
             with self.db.conn:
-                self._mark_dirty(assistant.id, True)
+                self._mark_dirty(assistant.id)
                 ids: builtins.list[int] = []
                 for row in new_rows:
                     ids.append(int(self.db.table("examples").insert(row).last_pk))  # type: ignore[arg-type]
-            texts = [str(r["input"]) for r in new_rows]
-            try:
-                index.add(assistant.id, ids, texts)
-            except Exception:
-                with self.db.conn:
-                    marks = ",".join("?" * len(ids))
-                    self.db.execute(f"DELETE FROM examples WHERE id IN ({marks})", ids)
-                    self._mark_dirty(assistant.id, False)
-                raise
-            with self.db.conn:
-                self._mark_dirty(assistant.id, False)
-            return self.by_ids(assistant.id, ids), duplicates
+        return ids, [str(r["input"]) for r in new_rows], duplicates
 
     def add_correction(self, assistant: Assistant, input: str, output: str, author: str) -> Example:
         data = ExampleData(input=input, output=output)
@@ -258,13 +272,12 @@ class Examples:
         if not found:
             raise NotFound(f"{assistant.name!r} has no example #{example_id}.")
         index = self._index()
-        with self.lock:
-            with self.db.conn:
-                self._mark_dirty(assistant.id, True)
-                self.db.execute("DELETE FROM examples WHERE id = ?", [found[0].id])
-            index.delete(assistant.id, [found[0].id])
-            with self.db.conn:
-                self._mark_dirty(assistant.id, False)
+        with self.lock, self.db.conn:
+            self._mark_dirty(assistant.id)
+            self.db.execute("DELETE FROM examples WHERE id = ?", [found[0].id])
+        index.delete(assistant.id, [found[0].id])
+        with self.lock, self.db.conn:
+            self._unmark_dirty(assistant.id)
         return found[0]
 
     def export(self, actor: Actor, name: str, fmt: str = "jsonl") -> str:
@@ -278,7 +291,15 @@ class Examples:
         ]
         return dump_examples(items, fmt)
 
-    def _mark_dirty(self, assistant_id: int, dirty: bool) -> None:
+    # index_dirty counts the writes whose index step is in flight (several may be, outside the
+    # lock): one finishing must not clear the mark of another. Not zero at start-up: repair.
+    def _mark_dirty(self, assistant_id: int) -> None:
         self.db.execute(
-            "UPDATE assistants SET index_dirty = ? WHERE id = ?", [int(dirty), assistant_id]
+            "UPDATE assistants SET index_dirty = index_dirty + 1 WHERE id = ?", [assistant_id]
+        )
+
+    def _unmark_dirty(self, assistant_id: int) -> None:
+        self.db.execute(
+            "UPDATE assistants SET index_dirty = max(index_dirty - 1, 0) WHERE id = ?",
+            [assistant_id],
         )

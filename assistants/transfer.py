@@ -7,13 +7,15 @@ all or nothing: if the examples are refused, the assistant just created is delet
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistants.actor import Actor
 from assistants.assistant import EDITABLE, Assistant
-from assistants.core import Core
 from assistants.errors import FewtuneError, ImportRejected
 from assistants.examples import ImportResult
+
+if TYPE_CHECKING:  # the core holds the api, which calls these
+    from assistants.core import Core
 
 FORMAT = "fewtune-assistant"
 VERSION = 1

@@ -7,14 +7,15 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from assistants import TERMINAL, Core, FewtuneError
-from storage import EmbedderUnavailable, IndexUnavailable, SettingsError
+from storage import Settings
 
 app = typer.Typer(
     name="fewtune",
@@ -30,7 +31,7 @@ example_app = typer.Typer(
 app.add_typer(assistant_app, name="assistant")
 app.add_typer(example_app, name="example")
 
-USER_ERRORS = (FewtuneError, SettingsError, IndexUnavailable, EmbedderUnavailable)
+T = TypeVar("T")
 
 
 class Selector(StrEnum):
@@ -51,7 +52,7 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(1)
 
@@ -59,16 +60,26 @@ def fail(message: str) -> None:
 def open_core() -> Core:
     try:
         return Core.open()
-    except USER_ERRORS as exc:
+    except FewtuneError as exc:
         fail(str(exc))
-        raise  # unreachable: fail exits
 
 
-def run(fn, *args: Any, **kwargs: Any) -> Any:
-    """Call a core function, turning user errors into one clean line."""
+def open_settings() -> Settings:
+    """The settings, or one clean error line when fewtune.toml is wrong."""
+    from storage import load_settings
+
     try:
-        return fn(*args, **kwargs)
-    except USER_ERRORS as exc:
+        return load_settings()
+    except FewtuneError as exc:
+        fail(str(exc))
+
+
+def run(call: Coroutine[Any, Any, T]) -> T:
+    """Await one core call (`core.api.…`) or a command's async body; a FewtuneError, whether the
+    user's or an outage, becomes one clean line."""
+    try:
+        return asyncio.run(call)
+    except FewtuneError as exc:
         fail(str(exc))
 
 
@@ -78,7 +89,6 @@ def read_input(file: Path) -> bytes:
         return file.read_bytes()
     except OSError as exc:
         fail(f"Cannot read {file}: {exc.strerror}.")
-        raise  # unreachable: fail exits
 
 
 def write_output(text: str, output: Path | None) -> bool:
@@ -128,18 +138,19 @@ def assistant_create(
     """Create an assistant."""
     core = open_core()
     created = run(
-        core.assistants.create,
-        TERMINAL,
-        name,
-        instructions,
-        description=description,
-        k=k,
-        selector=selector.value,
-        model=model,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        visibility=visibility.value,
-        starters=starter or [],
+        core.api.create_assistant(
+            TERMINAL,
+            name,
+            instructions,
+            description=description,
+            k=k,
+            selector=selector.value,
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            visibility=visibility.value,
+            starters=starter or [],
+        )
     )
     typer.echo(
         f"Created {created.name} (model {created.model}, k={created.k}, {created.selector})."
@@ -177,7 +188,7 @@ def assistant_edit(
     if not changes:
         fail("Nothing to change: pass at least one option, e.g. --k 6.")
     core = open_core()
-    edited = run(core.assistants.edit, TERMINAL, name, **changes)
+    edited = run(core.api.edit_assistant(TERMINAL, name, **changes))
     typer.echo(f"Updated {edited.name} (version {edited.version}).")
 
 
@@ -185,8 +196,8 @@ def assistant_edit(
 def assistant_show(name: NameArg, as_json: JsonOpt = False) -> None:
     """Show an assistant's settings and instructions."""
     core = open_core()
-    assistant = run(core.assistants.get, TERMINAL, name)
-    count = run(core.examples.count, TERMINAL, name)
+    assistant = run(core.api.assistant(TERMINAL, name))
+    count = run(core.api.count_examples(TERMINAL, name))
     data = {**assistant.to_dict(), "examples": count}
     if as_json:
         emit_json(data)
@@ -217,7 +228,7 @@ def assistant_show(name: NameArg, as_json: JsonOpt = False) -> None:
 def assistant_list(as_json: JsonOpt = False) -> None:
     """List your assistants."""
     core = open_core()
-    found = run(core.assistants.list, TERMINAL)
+    found = run(core.api.assistants(TERMINAL))
     if as_json:
         emit_json([a.to_dict() for a in found])
         return
@@ -238,7 +249,7 @@ def assistant_delete(
     if not yes:
         fail(f"Deleting {name!r} removes its examples and conversations: pass --yes to confirm.")
     core = open_core()
-    gone = run(core.assistants.delete, TERMINAL, name)
+    gone = run(core.api.delete_assistant(TERMINAL, name))
     typer.echo(f"Deleted {gone.name}.")
 
 
@@ -246,7 +257,7 @@ def assistant_delete(
 def assistant_history(name: NameArg, as_json: JsonOpt = False) -> None:
     """List an assistant's versions."""
     core = open_core()
-    versions = run(core.assistants.history, TERMINAL, name)
+    versions = run(core.api.assistant_history(TERMINAL, name))
     if as_json:
         emit_json(versions)
         return
@@ -258,7 +269,7 @@ def assistant_history(name: NameArg, as_json: JsonOpt = False) -> None:
 def assistant_restore(name: NameArg, version: int) -> None:
     """Make an earlier version current again."""
     core = open_core()
-    restored = run(core.assistants.restore, TERMINAL, name, version)
+    restored = run(core.api.restore_assistant(TERMINAL, name, version))
     typer.echo(f"Restored {restored.name} to version {version} (now version {restored.version}).")
 
 
@@ -270,12 +281,9 @@ def assistant_export(
     ] = None,
 ) -> None:
     """Export an assistant (definition and examples) as one JSON file."""
-    from assistants.transfer import export_assistant
-
     core = open_core()
-    text = (
-        json.dumps(run(export_assistant, core, TERMINAL, name), ensure_ascii=False, indent=2) + "\n"
-    )
+    data = run(core.api.export_assistant(TERMINAL, name))
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
     if not write_output(text, output):
         return
 
@@ -286,11 +294,9 @@ def assistant_import(
     name: Annotated[str | None, typer.Option(help="Another name for it.")] = None,
 ) -> None:
     """Create an assistant from an exported file (all or nothing)."""
-    from assistants.transfer import import_assistant
-
     data = read_input(file)
     core = open_core()
-    assistant, result = run(import_assistant, core, TERMINAL, data, name=name)
+    assistant, result = run(core.api.import_assistant(TERMINAL, data, name))
     typer.echo(f"Imported {assistant.name} with {result.added} examples.")
 
 
@@ -312,7 +318,7 @@ def example_add(
 ) -> None:
     """Add one example."""
     core = open_core()
-    example = run(core.examples.add, TERMINAL, name, input, output)
+    example = run(core.api.add_example(TERMINAL, name, input, output))
     typer.echo(f"Added example {example.id} to {name}.")
 
 
@@ -323,7 +329,7 @@ def example_import(
     """Import examples from JSONL ({"input","output"} or {"messages"} lines) or CSV (input,output)."""
     data = read_input(file)
     core = open_core()
-    result = run(core.examples.import_data, TERMINAL, name, file.name, data)
+    result = run(core.api.import_examples(TERMINAL, name, file.name, data))
     typer.echo(
         f"Imported {result.added} examples into {name} ({result.duplicates} duplicates skipped)."
     )
@@ -339,11 +345,11 @@ def example_export(
 ) -> None:
     """Export examples in the import formats."""
     core = open_core()
-    text = run(core.examples.export, TERMINAL, name, format.value)
+    text = run(core.api.export_examples(TERMINAL, name, format.value))
     if not write_output(text, output):
         return
     # Counted in the store: a CSV field may span lines, so lines are not examples.
-    count = run(core.examples.count, TERMINAL, name)
+    count = run(core.api.count_examples(TERMINAL, name))
     typer.echo(f"Wrote {count} examples to {output}.", err=True)
 
 
@@ -356,7 +362,7 @@ def example_list(
 ) -> None:
     """List examples, oldest first."""
     core = open_core()
-    found = run(core.examples.list, TERMINAL, name, offset, limit)
+    found = run(core.api.examples(TERMINAL, name, offset, limit))
     if as_json:
         emit_json([example_dict(e) for e in found])
         return
@@ -370,7 +376,7 @@ def example_remove(
 ) -> None:
     """Remove one example."""
     core = open_core()
-    run(core.examples.remove, TERMINAL, name, example_id)
+    run(core.api.remove_example(TERMINAL, name, example_id))
     typer.echo(f"Removed example {example_id} from {name}.")
 
 
@@ -383,7 +389,7 @@ def example_search(
 ) -> None:
     """The examples most like a message, best first, with cosine scores."""
     core = open_core()
-    found = run(core.examples.search, TERMINAL, name, query, k)
+    found = run(core.api.search_examples(TERMINAL, name, query, k))
     if as_json:
         emit_json([example_dict(e, s) for e, s in found])
         return
@@ -425,7 +431,7 @@ def ask(
 ) -> None:
     """Ask an assistant one message and print its reply."""
     core = open_core()
-    reply = run(asyncio.run, _ask(core, name, message))
+    reply = run(_ask(core, name, message))
     if as_json:
         emit_json(reply_dict(reply))
     else:
@@ -492,7 +498,7 @@ def chat(name: NameArg) -> None:
         finally:
             await core.providers.close()
 
-    run(asyncio.run, main())
+    run(main())
 
 
 @app.command("demo")
@@ -502,13 +508,10 @@ def demo(
     ] = False,
 ) -> None:
     """Create the demo assistant (number words in many languages to digits) and chat with it."""
-    from assistants.demo import install_demo
-
     core = open_core()
-    assistant = run(install_demo, core, TERMINAL)
-    typer.echo(
-        f"Demo assistant {assistant.name!r} is ready ({run(core.examples.count, TERMINAL, assistant.name)} examples)."
-    )
+    assistant = run(core.api.install_demo(TERMINAL))
+    count = run(core.api.count_examples(TERMINAL, assistant.name))
+    typer.echo(f"Demo assistant {assistant.name!r} is ready ({count} examples).")
     if not no_chat:
         chat(assistant.name)
 
@@ -529,10 +532,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run the OpenAI-compatible model server (bearer token: FEWTUNE_SERVER_TOKEN)."""
-    from storage import load_settings
     from training.server.run import serve as run_server
 
-    settings = run(load_settings)
+    settings = open_settings()
     run_server(settings, host=host, port=port, idle_timeout=idle_timeout or 0)
 
 
@@ -540,9 +542,8 @@ def serve(
 def discord_bot() -> None:
     """Run the Discord bot (DISCORD_TOKEN; see docs/discord.md)."""
     from bot.discord import MissingToken, run_bot
-    from storage import load_settings
 
-    settings = run(load_settings)
+    settings = open_settings()
     try:
         run_bot(settings)
     except (MissingToken, ValueError) as exc:
@@ -553,7 +554,7 @@ def discord_bot() -> None:
 def reindex() -> None:
     """Rebuild the example index from SQLite."""
     core = open_core()
-    total = run(core.reindex)
+    total = run(core.api.reindex())
     typer.echo(f"Reindexed {total} examples.")
 
 
@@ -577,7 +578,7 @@ def dataset_export(
     if split not in ("train", "held_out"):
         fail("--split must be train or held_out.")
     core = open_core()
-    _, data = run(core.promotions.dataset, TERMINAL, name)
+    _, data = run(core.api.dataset(TERMINAL, name))
     text = data.jsonl(split)
     if not write_output(text, output):
         return
@@ -588,7 +589,7 @@ def dataset_export(
 def dataset_stats(name: NameArg, as_json: JsonOpt = False) -> None:
     """Conversations, examples, tokens, and what each filter removed."""
     core = open_core()
-    _, data = run(core.promotions.dataset, TERMINAL, name)
+    _, data = run(core.api.dataset(TERMINAL, name))
     if as_json:
         emit_json(data.stats)
         return
@@ -693,20 +694,20 @@ def promote(
             finally:
                 await core.providers.close()
 
-        show_promotion(run(asyncio.run, status()))
+        show_promotion(run(status()))
         return
     if target:
         fail(
             f"Unexpected argument {target!r}: `fewtune promote NAME` or `fewtune promote status NAME`."
         )
-    run(asyncio.run, _promote(core, name, provider, base_model, wait, force, epochs))
+    run(_promote(core, name, provider, base_model, wait, force, epochs))
 
 
 @app.command("rollback")
 def rollback(name: NameArg) -> None:
     """Return an assistant to the model it used before its last promotion."""
     core = open_core()
-    assistant = run(core.promotions.rollback, TERMINAL, name)
+    assistant = run(core.api.rollback(TERMINAL, name))
     typer.echo(f"{assistant.name} now answers with {assistant.active_model}.")
 
 
@@ -723,7 +724,7 @@ def adapter_download(
         finally:
             await core.providers.close()
 
-    where = run(asyncio.run, fetch())
+    where = run(fetch())
     typer.echo(f"Adapter saved in {where} (PEFT format: load with peft, transformers or vLLM).")
 
 

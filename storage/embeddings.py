@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.batching import Batcher
+from storage.errors import FewtuneError
 from storage.locks import file_lock
 from storage.processes import python_env
 from storage.settings import cache_dir
@@ -37,7 +38,7 @@ Backend = Literal["auto", "onnx", "torch"]
 log = logging.getLogger(__name__)
 
 
-class EmbedderUnavailable(RuntimeError):
+class EmbedderUnavailable(FewtuneError, RuntimeError):
     """The embedding model cannot run on this machine (with the backend asked for)."""
 
 
@@ -100,7 +101,11 @@ class Embedder:
         self.threads = threads
         self.backend = backend
         self.backend_used: str | None = None
-        self._lock = threading.Lock()
+        # The model, one batch at a time. A bulk embedding (an import) waits between its
+        # batches while a message's embedding is asking, so a chat never waits for a whole import.
+        self._turn = threading.Condition()
+        self._asking = 0
+        self._asking_lock = threading.Lock()
         self._one: Batcher[str, np.ndarray] = Batcher(self._embed_texts)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -128,17 +133,23 @@ class Embedder:
         self._model = model
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed texts; returns an array of shape (len(texts), 384)."""
+        """Embed texts; returns an array of shape (len(texts), 384). Between its batches it lets
+        messages (`embed_one`) go first."""
+        return self._embed(texts, give_way=True)
+
+    def _embed(self, texts: list[str], give_way: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         # Batches of texts of similar length pad less (an import's lines vary a lot).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
-        with self._lock:
-            if self._model is None:
-                self._load()
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            with self._turn:
+                if give_way:
+                    self._turn.wait_for(lambda: self._asking == 0)
+                if self._model is None:
+                    self._load()
                 out[chunk] = self._embed_batch([texts[i] for i in chunk])
         return out
 
@@ -159,8 +170,17 @@ class Embedder:
         return self._one(text)
 
     def _embed_texts(self, texts: list[str]) -> list[np.ndarray]:
-        # Through `embed`: a long message in the batch pads only the texts of its own length.
-        return list(self.embed(texts))
+        # Like `embed` (a long message in the batch pads only the texts of its own length), but
+        # first in line: a bulk embedding waits at its next batch until this one is done.
+        with self._asking_lock:
+            self._asking += 1
+        try:
+            return list(self._embed(texts, give_way=False))
+        finally:
+            with self._asking_lock:
+                self._asking -= 1
+            with self._turn:
+                self._turn.notify_all()
 
 
 class _OnnxModel:

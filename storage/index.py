@@ -23,6 +23,7 @@ import numpy as np
 
 from storage.batching import Batcher
 from storage.embeddings import Embedder
+from storage.errors import FewtuneError
 from storage.settings import IndexSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def collection_name(assistant_id: int) -> str:
     return f"assistant-{assistant_id}"
 
 
-class IndexUnavailable(RuntimeError):
+class IndexUnavailable(FewtuneError, RuntimeError):
     """The example index (embedded chromadb or a Chroma server) cannot be reached."""
 
 

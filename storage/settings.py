@@ -30,10 +30,12 @@ from pathlib import Path
 
 import platformdirs
 
+from storage.errors import FewtuneError
+
 EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct"
 
 
-class SettingsError(ValueError):
+class SettingsError(FewtuneError, ValueError):
     """`fewtune.toml` cannot be read or holds a value of the wrong kind."""
 
 

@@ -43,12 +43,12 @@ async def serve(settings: Settings, token: str, *, ready: asyncio.Event | None =
 
     redirect()
     core = Core(settings)
-    await asyncio.to_thread(core.index)  # load the embedder and open the index before serving
+    await core.api.open_index()
     try:  # the model calls' process, so that the first chat does not wait for it
         await core.providers.warm_up()
     except OSError as exc:  # each chat tries again, and says so if it cannot
         log.warning("the model calls' process did not start: %s", exc)
-    # Start-up objects (torch, chromadb, the embedder) never die: keep them out of the garbage
+    # Start-up objects (chromadb, the embedder) never die: keep them out of the garbage
     # collector's full passes, which otherwise pause the event loop for hundreds of ms.
     gc.freeze()
     stop = asyncio.Event()

@@ -1,10 +1,20 @@
-"""Who acts, and where: a core Actor from a Discord interaction or message."""
+"""Who acts, and where: a core Actor from a Discord interaction or message, and the bot it
+came to."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
 
 import discord
 
 from assistants import Actor
+
+if TYPE_CHECKING:
+    from bot.discord.client import FewtuneBot
+
+
+def bot_of(interaction: discord.Interaction) -> FewtuneBot:
+    return cast("FewtuneBot", interaction.client)
 
 
 def actor_of(interaction: discord.Interaction) -> Actor:

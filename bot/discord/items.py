@@ -1,25 +1,19 @@
 """Buttons that survive restarts: their custom_id carries what they act on (discord.py
-DynamicItem), so a click works whenever it comes. Each turns into one core call."""
+DynamicItem), so a click works whenever it comes. Each turns into one core call. The modal the
+Improve button opens is here too: its answer offers the Adopt button."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import discord
-from discord.ui import Button, DynamicItem
+from discord.ui import Button, DynamicItem, Modal, TextInput
 
 from assistants import Assistant, Reply
-from bot.discord.actors import actor_of
+from bot.discord.actors import actor_of, bot_of
+from bot.discord.modals import DISCORD_FIELD_LIMIT, LONG, MODAL_TIMEOUT
 from bot.discord.replies import guard, say
-
-if TYPE_CHECKING:
-    from bot.discord.client import FewtuneBot
-
-
-def bot_of(interaction: discord.Interaction) -> FewtuneBot:
-    return cast("FewtuneBot", interaction.client)
 
 
 class RateButton(DynamicItem[Button], template=r"fewtune:rate:(?P<vote>up|down):(?P<id>\d+)"):
@@ -44,9 +38,7 @@ class RateButton(DynamicItem[Button], template=r"fewtune:rate:(?P<vote>up|down):
         async with guard(interaction):
             rating = 1 if self.vote == "up" else -1
             core = bot_of(interaction).core
-            await asyncio.to_thread(
-                core.feedback.rate, actor_of(interaction), self.message_id, rating
-            )
+            await core.api.rate(actor_of(interaction), self.message_id, rating)
             await say(interaction, f"Thanks, noted {'👍' if rating > 0 else '👎'}.")
 
 
@@ -70,9 +62,32 @@ class ImproveButton(DynamicItem[Button], template=r"fewtune:improve:(?P<id>\d+)"
         return cls(int(match["id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        from bot.discord.modals import ImproveModal
-
         await interaction.response.send_modal(ImproveModal(self.message_id))
+
+
+class ImproveModal(Modal, title="Improve this answer"):
+    """A better answer to a reply, stored as a correction."""
+
+    better: TextInput = TextInput(
+        label="A better answer", style=LONG, max_length=DISCORD_FIELD_LIMIT
+    )
+
+    def __init__(self, message_id: int) -> None:
+        super().__init__(timeout=MODAL_TIMEOUT)
+        self.message_id = message_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        core = bot_of(interaction).core
+        async with guard(interaction):
+            feedback = await core.api.improve(
+                actor_of(interaction), self.message_id, self.better.value
+            )
+            await say(
+                interaction,
+                "Saved as a correction. The assistant's owner can turn it into an example, here or "
+                "later with `/example corrections`:",
+                view=view_of(AdoptButton(feedback.id)),
+            )
 
 
 class AdoptButton(DynamicItem[Button], template=r"fewtune:adopt:(?P<id>\d+)"):
@@ -95,9 +110,7 @@ class AdoptButton(DynamicItem[Button], template=r"fewtune:adopt:(?P<id>\d+)"):
     async def callback(self, interaction: discord.Interaction) -> None:
         async with guard(interaction):
             core = bot_of(interaction).core
-            example = await asyncio.to_thread(
-                core.feedback.correction_to_example, actor_of(interaction), self.feedback_id
-            )
+            example = await core.api.adopt_correction(actor_of(interaction), self.feedback_id)
             await say(interaction, f"Added as example #{example.id}.")
 
 
@@ -123,7 +136,7 @@ class StarterButton(DynamicItem[Button], template=r"fewtune:start:(?P<id>\d+):(?
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = bot_of(interaction)
         async with guard(interaction):
-            assistant = await asyncio.to_thread(bot.core.assistants.by_id, self.assistant_id)
+            assistant = await bot.core.api.assistant_by_id(self.assistant_id)
             if self.index >= len(assistant.starters):
                 await say(interaction, "That conversation starter has been removed.")
                 return
@@ -154,8 +167,8 @@ class DeleteButton(DynamicItem[Button], template=r"fewtune:delete:(?P<id>\d+)"):
     async def callback(self, interaction: discord.Interaction) -> None:
         core = bot_of(interaction).core
         async with guard(interaction):
-            assistant = await asyncio.to_thread(core.assistants.by_id, self.assistant_id)
-            await asyncio.to_thread(core.assistants.delete, actor_of(interaction), assistant.name)
+            assistant = await core.api.assistant_by_id(self.assistant_id)
+            await core.api.delete_assistant(actor_of(interaction), assistant.name)
             await interaction.response.edit_message(
                 content=f"Deleted {assistant.name!r}, its examples and conversations.", view=None
             )

@@ -1,9 +1,9 @@
-"""Modals: an assistant's definition, an example, a better answer. Field limits are Discord's
-(4,000 characters at most) or the core's where smaller; the core validates everything again."""
+"""Modals: an assistant's definition, an example (the Improve button's modal is with it in
+items.py). Field limits are Discord's (4,000 characters at most) or the core's where smaller; the
+core validates everything again."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import discord
@@ -11,8 +11,7 @@ from discord.ui import Modal, TextInput
 
 from assistants import Assistant
 from assistants.assistant import MAX_DESCRIPTION, MAX_STARTERS
-from bot.discord.actors import actor_of
-from bot.discord.items import AdoptButton, bot_of, view_of
+from bot.discord.actors import actor_of, bot_of
 from bot.discord.replies import guard, say
 
 DISCORD_FIELD_LIMIT = 4000
@@ -67,16 +66,16 @@ class AssistantModal(Modal):
             values["visibility"] = self.visibility
         async with guard(interaction):
             if self.existing is None:
-                assistant = await asyncio.to_thread(
-                    core.assistants.create, actor, self.name.value, **values
+                assistant = await core.api.create_assistant(
+                    actor, self.name.value, values.pop("instructions"), **values
                 )
                 text = (
                     f"Created **{assistant.name}** ({assistant.visibility}). Add examples with "
                     f"`/example add`, then talk to it with `/chat`."
                 )
             else:
-                assistant = await asyncio.to_thread(
-                    core.assistants.edit, actor, self.existing.name, name=self.name.value, **values
+                assistant = await core.api.edit_assistant(
+                    actor, self.existing.name, name=self.name.value, **values
                 )
                 text = f"Saved **{assistant.name}** (version {assistant.version})."
             await say(interaction, text)
@@ -97,36 +96,7 @@ class ExampleModal(Modal, title="New example"):
         async with guard(interaction):
             # Embedding may take a moment (the embedder loads on first use): defer first.
             await interaction.response.defer(ephemeral=True, thinking=True)
-            example = await asyncio.to_thread(
-                core.examples.add,
-                actor_of(interaction),
-                self.assistant_name,
-                self.input.value,
-                self.output.value,
+            example = await core.api.add_example(
+                actor_of(interaction), self.assistant_name, self.input.value, self.output.value
             )
             await say(interaction, f"Added example #{example.id} to **{self.assistant_name}**.")
-
-
-class ImproveModal(Modal, title="Improve this answer"):
-    """A better answer to a reply, stored as a correction."""
-
-    better: TextInput = TextInput(
-        label="A better answer", style=LONG, max_length=DISCORD_FIELD_LIMIT
-    )
-
-    def __init__(self, message_id: int) -> None:
-        super().__init__(timeout=MODAL_TIMEOUT)
-        self.message_id = message_id
-
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        core = bot_of(interaction).core
-        async with guard(interaction):
-            feedback = await asyncio.to_thread(
-                core.feedback.improve, actor_of(interaction), self.message_id, self.better.value
-            )
-            await say(
-                interaction,
-                "Saved as a correction. The assistant's owner can turn it into an example, here or "
-                "later with `/example corrections`:",
-                view=view_of(AdoptButton(feedback.id)),
-            )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from typing import TYPE_CHECKING, Literal
@@ -13,7 +12,6 @@ from discord.ext import commands
 from discord.utils import MISSING
 
 from assistants.assistant import can_manage
-from assistants.transfer import export_assistant, import_assistant
 from bot.discord.actors import actor_of
 from bot.discord.cogs.common import assistant_names, read_attachment
 from bot.discord.items import confirm_delete_view, starters_view
@@ -56,9 +54,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
     ) -> None:
         """Edit an assistant (its owner, or members with Manage Server)."""
         async with guard(interaction):
-            assistant = await asyncio.to_thread(
-                self.core.assistants.get_managed, actor_of(interaction), name, "edit"
-            )
+            assistant = await self.core.api.managed_assistant(actor_of(interaction), name, "edit")
             if len(assistant.instructions) > DISCORD_FIELD_LIMIT:
                 await say(
                     interaction,
@@ -75,8 +71,8 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
         """Show an assistant; its conversation starters start a chat."""
         async with guard(interaction):
             actor = actor_of(interaction)
-            assistant = await asyncio.to_thread(self.core.assistants.get, actor, name)
-            count = await asyncio.to_thread(self.core.examples.count, actor, assistant.name)
+            assistant = await self.core.api.assistant(actor, name)
+            count = await self.core.api.count_examples(actor, assistant.name)
             embed = discord.Embed(title=assistant.name, description=assistant.description or None)
             embed.add_field(name="Visibility", value=assistant.visibility)
             embed.add_field(name="Model", value=assistant.active_model)
@@ -95,7 +91,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
     async def list_(self, interaction: discord.Interaction) -> None:
         """The assistants you can use here."""
         async with guard(interaction):
-            found = await asyncio.to_thread(self.core.assistants.list, actor_of(interaction))
+            found = await self.core.api.assistants(actor_of(interaction))
             if not found:
                 await say(interaction, "No assistants yet: create one with `/assistant create`.")
                 return
@@ -115,9 +111,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
         """Delete an assistant with its examples and conversations (asks to confirm)."""
         async with guard(interaction):
-            assistant = await asyncio.to_thread(
-                self.core.assistants.get_managed, actor_of(interaction), name, "delete"
-            )
+            assistant = await self.core.api.managed_assistant(actor_of(interaction), name, "delete")
             await say(
                 interaction,
                 f"Delete **{assistant.name}** with all its examples and conversations?",
@@ -133,11 +127,8 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
             if interaction.channel_id is None:
                 return
             unbind = name.strip().lower() == "none"
-            assistant = await asyncio.to_thread(
-                self.core.chat.bind,
-                actor_of(interaction),
-                str(interaction.channel_id),
-                None if unbind else name,
+            assistant = await self.core.api.bind(
+                actor_of(interaction), str(interaction.channel_id), None if unbind else name
             )
             if assistant is None:
                 await say(interaction, "No assistant is bound to this channel any more.")
@@ -154,7 +145,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
     async def export(self, interaction: discord.Interaction, name: str) -> None:
         """Download an assistant as a JSON file: definition and examples."""
         async with guard(interaction):
-            data = await asyncio.to_thread(export_assistant, self.core, actor_of(interaction), name)
+            data = await self.core.api.export_assistant(actor_of(interaction), name)
             raw = json.dumps(data, ensure_ascii=False, indent=1).encode()
             file = discord.File(io.BytesIO(raw), filename=f"{data['assistant']['name']}.json")
             count = len(data["examples"])
@@ -171,8 +162,8 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
         async with guard(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
             data = await read_attachment(file)
-            assistant, result = await asyncio.to_thread(
-                import_assistant, self.core, actor_of(interaction), data, name=name
+            assistant, result = await self.core.api.import_assistant(
+                actor_of(interaction), data, name
             )
             await say(
                 interaction,
@@ -203,7 +194,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
             await interaction.response.defer(ephemeral=True, thinking=True)
             actor = actor_of(interaction)
             promotion = await self.core.promotions.refresh(actor, name)
-            assistant = await asyncio.to_thread(self.core.assistants.get, actor, name)
+            assistant = await self.core.api.assistant(actor, name)
             await say(interaction, promotion_summary(assistant.name, promotion))
 
     @app_commands.command()
@@ -212,9 +203,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
     async def rollback(self, interaction: discord.Interaction, name: str) -> None:
         """Return an assistant to the model it used before its last promotion."""
         async with guard(interaction):
-            assistant = await asyncio.to_thread(
-                self.core.promotions.rollback, actor_of(interaction), name
-            )
+            assistant = await self.core.api.rollback(actor_of(interaction), name)
             await say(
                 interaction, f"**{assistant.name}** now answers with `{assistant.active_model}`."
             )

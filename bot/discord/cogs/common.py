@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import discord
 from discord import app_commands
 
 from assistants import LimitExceeded
 from assistants.example_files import MAX_FILE_BYTES
-from bot.discord.actors import actor_of
-from bot.discord.items import bot_of
+from bot.discord.actors import actor_of, bot_of
 
 
 async def assistant_names(
@@ -18,7 +15,7 @@ async def assistant_names(
 ) -> list[app_commands.Choice[str]]:
     """Only the assistants this user may see here (the core decides), at most 25."""
     core = bot_of(interaction).core
-    names = await asyncio.to_thread(core.assistants.complete, actor_of(interaction), current)
+    names = await core.api.complete_names(actor_of(interaction), current)
     return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import discord
@@ -41,11 +40,8 @@ class ExampleCog(commands.GroupCog, group_name="example"):
     async def add(self, interaction: discord.Interaction, assistant: str) -> None:
         """Add an example: a message and a good answer."""
         async with guard(interaction):
-            found = await asyncio.to_thread(
-                self.core.assistants.get_managed,
-                actor_of(interaction),
-                assistant,
-                "add examples to",
+            found = await self.core.api.managed_assistant(
+                actor_of(interaction), assistant, "add examples to"
             )
             await interaction.response.send_modal(ExampleModal(found.name))
 
@@ -59,12 +55,8 @@ class ExampleCog(commands.GroupCog, group_name="example"):
         async with guard(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
             data = await read_attachment(file)
-            result = await asyncio.to_thread(
-                self.core.examples.import_data,
-                actor_of(interaction),
-                assistant,
-                file.filename,
-                data,
+            result = await self.core.api.import_examples(
+                actor_of(interaction), assistant, file.filename, data
             )
             skipped = f" ({result.duplicates} duplicates skipped)" if result.duplicates else ""
             await say(
@@ -83,11 +75,9 @@ class ExampleCog(commands.GroupCog, group_name="example"):
         """List an assistant's examples, 10 a page."""
         async with guard(interaction):
             actor = actor_of(interaction)
-            total = await asyncio.to_thread(self.core.examples.count, actor, assistant)
+            total = await self.core.api.count_examples(actor, assistant)
             pages = max(1, -(-total // PAGE))
-            found = await asyncio.to_thread(
-                self.core.examples.list, actor, assistant, (page - 1) * PAGE, PAGE
-            )
+            found = await self.core.api.examples(actor, assistant, (page - 1) * PAGE, PAGE)
             if not found:
                 await say(
                     interaction, f"**{assistant}** has no examples on page {page} ({total} in all)."
@@ -107,9 +97,7 @@ class ExampleCog(commands.GroupCog, group_name="example"):
         """Remove one example."""
         async with guard(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
-            example = await asyncio.to_thread(
-                self.core.examples.remove, actor_of(interaction), assistant, id
-            )
+            example = await self.core.api.remove_example(actor_of(interaction), assistant, id)
             await say(interaction, f"Removed example #{example.id} from **{assistant}**.")
 
     @app_commands.command()
@@ -123,9 +111,7 @@ class ExampleCog(commands.GroupCog, group_name="example"):
     ) -> None:
         """Review better answers users gave ("Improve"); add the good ones as examples."""
         async with guard(interaction):
-            found = await asyncio.to_thread(
-                self.core.feedback.corrections, actor_of(interaction), assistant
-            )
+            found = await self.core.api.corrections(actor_of(interaction), assistant)
             pages = max(1, -(-len(found) // CORRECTIONS_PAGE))
             shown = found[(page - 1) * CORRECTIONS_PAGE : page * CORRECTIONS_PAGE]
             if not shown:

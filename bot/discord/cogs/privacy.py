@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import discord
@@ -27,14 +26,14 @@ class PrivacyCog(commands.GroupCog, group_name="privacy"):
     async def optout(self, interaction: discord.Interaction) -> None:
         """Keep your messages out of training data (you can still chat)."""
         async with guard(interaction):
-            await asyncio.to_thread(self.core.privacy.opt_out, str(interaction.user.id))
+            await self.core.api.opt_out(str(interaction.user.id))
             await say(interaction, "Done: your messages will not be used to train any assistant.")
 
     @app_commands.command()
     async def optin(self, interaction: discord.Interaction) -> None:
         """Allow your messages in training data again."""
         async with guard(interaction):
-            await asyncio.to_thread(self.core.privacy.opt_in, str(interaction.user.id))
+            await self.core.api.opt_in(str(interaction.user.id))
             await say(interaction, "Done: your conversations may again help train assistants.")
 
     @app_commands.command()
@@ -42,6 +41,6 @@ class PrivacyCog(commands.GroupCog, group_name="privacy"):
         """Delete every message of yours that fewtune stored, everywhere."""
         async with guard(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
-            count = await asyncio.to_thread(self.core.privacy.forget, str(interaction.user.id))
+            count = await self.core.api.forget(str(interaction.user.id))
             noun = "message" if count == 1 else "messages"
             await say(interaction, f"Deleted {count} {noun} of yours, with the replies to them.")
