@@ -29,7 +29,7 @@ from storage.settings import Settings
 
 migrations = Migrations("fewtune-server")
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")  # a job in one of these never runs again
 ACTIVE = ("validating_files", "queued", "running")
 _ALPHABET = string.ascii_letters + string.digits
 _PATTERNS = {
