@@ -2,7 +2,7 @@
 
 A running server advertises itself in FEWTUNE_HOME/server.json ({pid, url, ...}) and its bearer
 token in FEWTUNE_HOME/server.token. When none answers, one is started detached as
-`python -m training.server --port 0 --idle-timeout <settings.server.idle_timeout>`, its output
+`python -m training.serving --port 0 --idle-timeout <settings.server.idle_timeout>`, its output
 in FEWTUNE_HOME/logs/server.log, under a file lock so that concurrent callers start only one.
 This module talks HTTP only: it never imports torch, transformers or the server's code.
 """
@@ -122,7 +122,9 @@ def _looks_like_server(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return True  # no /proc here: trust server.json
-    return b"training.server" in cmdline or b"fewtune" in cmdline
+    # training.server: the module's name before it became training.serving (a server started
+    # before an upgrade is still ours to stop)
+    return any(name in cmdline for name in (b"training.serving", b"training.server", b"fewtune"))
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -148,7 +150,7 @@ def _start(settings: Settings) -> LocalServer:
     command = [
         sys.executable,
         "-m",
-        "training.server",
+        "training.serving",
         "--port",
         "0",
         "--idle-timeout",

@@ -31,9 +31,9 @@ from sqlite_utils import Database
 from assistants.actor import Actor
 from assistants.assistant import Assistant, Assistants, now
 from assistants.chat import Chat
+from assistants.dataset import Dataset, build_dataset
 from assistants.errors import InvalidInput, NotFound, ProviderError
 from assistants.providers import LOCAL, ModelRef, Providers, describe
-from training.dataset import Dataset, build_dataset
 
 MIN_TRAIN_CHATS = 10  # fewer is not worth a fine-tune; --force overrides
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")

@@ -32,7 +32,7 @@ MESSAGES = [
 
 def engine_speed(settings, tokens: int, runs: int) -> tuple[str, list[float]]:
     """tokens/s of ChatEngine.stream (what the server's handler runs) after the first token."""
-    from training.engine import ChatEngine, Sampling
+    from training.serving.engine import ChatEngine, Sampling
 
     engine = ChatEngine(settings)
     engine.load()
@@ -58,7 +58,7 @@ def engine_speed(settings, tokens: int, runs: int) -> tuple[str, list[float]]:
 
 
 def server_speed(settings, tokens: int, runs: int) -> list[float]:
-    """tokens/s through a real `python -m training.server` and the openai client (streaming)."""
+    """tokens/s through a real `python -m training.serving` and the openai client (streaming)."""
     import openai
 
     from assistants.local_server import ensure_local_server, stop_local_server

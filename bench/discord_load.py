@@ -49,12 +49,12 @@ from discord_fake import FakeDiscord  # noqa: E402
 
 
 def start_echo_server(home: Path, delay: float) -> tuple[subprocess.Popen, str, str]:
-    """`python -m training.server` with the echo model; returns (process, /v1 url, token)."""
+    """`python -m training.serving` with the echo model; returns (process, /v1 url, token)."""
     home.mkdir(parents=True)
     (home / "fewtune.toml").write_text(f'[server]\nmodel = "echo"\necho_delay = {delay}\n')
     env = {**os.environ, "FEWTUNE_HOME": str(home)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.server", "--port", "0"],
+        [sys.executable, "-m", "training.serving", "--port", "0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ per setting made with `core.assistants.create` (the demo's instructions), the ex
 imported with `core.examples.import_data`, every answer from `core.chat.ask` (the on-demand
 local `fewtune serve`, reached with the openai client; temperature 0, max_tokens 8), and the
 promotion with `core.promotions.start/follow/switch` (the server's fine-tuning API; the dataset
-is the promoted assistant's examples, i.e. the pool, built by training/dataset.py, which keeps
+is the promoted assistant's examples, i.e. the pool, built by assistants/dataset.py, which keeps
 its 10% held-out split as the validation file). The promoted assistant is trained before it
 answers anything, so none of its own test answers can reach its training data.
 

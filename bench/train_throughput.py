@@ -60,7 +60,7 @@ def make_dataset(path: Path, count: int, seed: int) -> list[dict]:
 def dataset_tokens(base: str, examples: list[dict], max_seq_len: int) -> int:
     from transformers import AutoTokenizer
 
-    from training.chat_data import tokenize_chat
+    from training.trainer.chat_data import tokenize_chat
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     return sum(

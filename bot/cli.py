@@ -532,7 +532,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the OpenAI-compatible model server (bearer token: FEWTUNE_SERVER_TOKEN)."""
-    from training.server.run import serve as run_server
+    from training.serving.run import serve as run_server
 
     settings = open_settings()
     run_server(settings, host=host, port=port, idle_timeout=idle_timeout or 0)

@@ -129,8 +129,8 @@ def serving(
 ) -> Iterator[tuple[str, Any]]:
     """`fewtune serve`'s app, its engine loaded first, on loopback; yields (/v1 base URL, app).
     With `fine_tuning` its job worker runs too (running_app runs without lifespan events)."""
-    from training.engine import ChatEngine
-    from training.server.app import create_app
+    from training.serving.app import create_app
+    from training.serving.engine import ChatEngine
 
     engine = ChatEngine(settings)
     engine.load()

@@ -106,3 +106,31 @@ def test_frontends_and_core_load_no_model_library(module):
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+TRAINING_ROOMS = ("training.serving", "training.finetune", "training.trainer")
+
+
+def room_of(module: str) -> str:
+    """The room of a training module, or "training" for the hall the rooms share."""
+    return next((room for room in TRAINING_ROOMS if module.startswith(room)), "training")
+
+
+def test_training_rooms_point_one_way():
+    """serving -> finetune -> trainer, each may use the hall (training's own modules); no arrow
+    back, and the hall uses no room."""
+    allowed = {
+        "training.serving": {"training.serving", "training.finetune", "training"},
+        "training.finetune": {"training.finetune", "training.trainer", "training"},
+        "training.trainer": {"training.trainer"},
+        "training": {"training"},
+    }
+    modules = project_modules()
+    wrong = sorted(
+        (name, target)
+        for name, path in modules.items()
+        if name.startswith("training")
+        for target in imports_of(path, modules)
+        if target.startswith("training") and room_of(target) not in allowed[room_of(name)]
+    )
+    assert wrong == []

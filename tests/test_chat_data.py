@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.chat_data import DatasetError, validate_chat_jsonl
+from training.trainer.chat_data import DatasetError, validate_chat_jsonl
 
 
 def line(*messages: dict) -> str:

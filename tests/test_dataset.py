@@ -6,7 +6,7 @@ import json
 
 from assistants import Actor
 from assistants.chat import Prepared
-from training.dataset import build_dataset, is_held_out
+from assistants.dataset import build_dataset, is_held_out
 
 OWNER = Actor("owner")
 

@@ -13,8 +13,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
     from server_fixtures import make_adapter, make_tiny_model
 
-from training.fast_llama import FastLlama, UnsupportedAdapter, supports
-from training.int8_kernels import Int8Weight, kernel
+from training.serving.fast_llama import FastLlama, UnsupportedAdapter, supports
+from training.serving.int8_kernels import Int8Weight, kernel
 
 
 @pytest.fixture(scope="module")

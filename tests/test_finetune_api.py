@@ -369,7 +369,7 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     (home / "server.json").unlink(missing_ok=True)
     env = {**os.environ, "FEWTUNE_HOME": str(home), "FEWTUNE_SERVER_TOKEN": TOKEN}
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.server", "--port", "0"],
+        [sys.executable, "-m", "training.serving", "--port", "0"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(home / "server.log", "ab"),  # noqa: SIM115

@@ -21,8 +21,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
     from server_fixtures import make_adapter, make_tiny_model, running_app, serving, write_settings
 
-from training.engine import ChatEngine, Sampling
-from training.server.app import create_app
+from training.serving.app import create_app
+from training.serving.engine import ChatEngine, Sampling
 
 TOKEN = "test-token-123"
 ECHO_DELAY = 0.1

@@ -15,14 +15,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
     from server_fixtures import make_tiny_model
 
-from training.chat_data import IGNORE_INDEX, DatasetError, tokenize_chat
-from training.trainer import (
-    TrainConfig,
-    TrainError,
-    _collate,
-    resolve_hyperparameters,
-    train,
-)
+from training.trainer import TrainConfig, TrainError, train
+from training.trainer.chat_data import IGNORE_INDEX, DatasetError, tokenize_chat
+from training.trainer.lora import _collate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,24 +316,6 @@ def test_bad_input_is_one_clear_error(tiny_model, tmp_path):
             numbers_file(tmp_path / "t.jsonl"),
             tmp_path / "o",
         )
-
-
-def test_hyperparameters_resolve_auto_and_check_numbers():
-    assert resolve_hyperparameters(10).n_epochs == 10  # at least 100 example-passes
-    assert resolve_hyperparameters(1000).to_dict() == {
-        "n_epochs": 3,
-        "batch_size": 8,
-        "learning_rate_multiplier": 1.0,
-    }
-    assert resolve_hyperparameters(20_000).n_epochs == 1
-    assert resolve_hyperparameters(3).batch_size == 3
-    assert resolve_hyperparameters(100_000).batch_size == 32
-    hp = resolve_hyperparameters(50, n_epochs=2, batch_size=16, learning_rate_multiplier=0.5)
-    config = TrainConfig().with_hyperparameters(hp)
-    assert (config.n_epochs, config.batch_size, config.learning_rate) == (2, 16, 1e-4)
-    for bad in ({"n_epochs": 0}, {"batch_size": 1.5}, {"learning_rate_multiplier": "fast"}):
-        with pytest.raises(ValueError, match="must be"):
-            resolve_hyperparameters(50, **bad)
 
 
 @pytest.mark.slow

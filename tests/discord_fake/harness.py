@@ -125,7 +125,7 @@ def real_echo_server(home: Path, echo_delay: float = 0.0) -> Iterator[str]:
     from server_fixtures import running_app
 
     from storage.settings import ServerSettings, Settings
-    from training.server.app import create_app
+    from training.serving.app import create_app
 
     token = os.environ.setdefault(SERVE_TOKEN_ENV, secrets.token_urlsafe(16))
     home.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from training.chat_data import DatasetError, validate_chat_jsonl
+from training.api_errors import APIError
 from training.finetune.multipart import MultipartError, parse_form
 from training.finetune.store import FineTuneStore, file_body, page_body
-from training.server.app import APIError
+from training.trainer.chat_data import DatasetError, validate_chat_jsonl
 
 router = APIRouter(prefix="/v1/files")
 

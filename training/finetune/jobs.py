@@ -12,18 +12,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.api_errors import APIError
 from training.base_models import public_name
 from training.finetune.adapters import adapter_archive, fine_tuned_model_name
 from training.finetune.files import check_limit, store_of
+from training.finetune.hyperparameters import resolve_hyperparameters
 from training.finetune.store import (
-    TERMINAL,
+    FINISHED,
     checkpoint_body,
     event_body,
     job_body,
     page_body,
 )
-from training.server.app import APIError
-from training.trainer import resolve_hyperparameters
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 
@@ -192,7 +192,7 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
             f"Job {job_id} has already {row['status']}; it cannot be cancelled.",
             code="job_not_cancellable",
         )
-    if row["status"] not in TERMINAL:
+    if row["status"] not in FINISHED:
         store = store_of(request)
         with store.one_step():
             if store.finish_job(

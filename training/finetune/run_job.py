@@ -63,8 +63,8 @@ def _run(spec: dict[str, Any], out: _Output, should_stop: Any) -> int:
 
     from storage.settings import load_settings
     from training.base_models import BaseModelError, is_embedded, resolve_base_model
-    from training.chat_data import DatasetError
     from training.trainer import TrainConfig, TrainError, train
+    from training.trainer.chat_data import DatasetError
 
     def error(code: str, message: str) -> int:
         out.send({"type": "error", "code": code, "message": message})

@@ -1,8 +1,10 @@
 """The fine-tuning API's state in SQLite: files, jobs, events and checkpoints.
 
-The tables live in the FEWTUNE_HOME database next to the core's, under their own migration set
-("fewtune-server"), so the server side can grow its schema without touching the core's. File
-bytes live under FEWTUNE_HOME/files/<file id>, written through a temporary file and a rename.
+The tables live in a database of their own, FEWTUNE_HOME/finetune.db, under their own migration
+set ("fewtune-server"): a GPU server never creates or migrates the core's tables, and each side
+grows its schema alone. Jobs and files that an earlier version recorded in the core's database
+(fewtune.db) are copied over once, when finetune.db is created. File bytes live under
+FEWTUNE_HOME/files/<file id>, written through a temporary file and a rename.
 Ids are random and checked against strict patterns before they are used anywhere, paths
 included. One lock guards the connection: the API (event loop) and the worker (threads) share it.
 """
@@ -13,23 +15,27 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import string
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from storage.db import open_db
+from storage.db import ThreadLocalDatabase
 from storage.settings import Settings
 
 migrations = Migrations("fewtune-server")
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+DB_NAME = "finetune.db"
+TABLES = ("ft_files", "ft_jobs", "ft_events", "ft_checkpoints")
+
+FINISHED = ("succeeded", "failed", "cancelled")  # a job in one of these never runs again
 ACTIVE = ("validating_files", "queued", "running")
 _ALPHABET = string.ascii_letters + string.digits
 _PATTERNS = {
@@ -103,6 +109,26 @@ def m001_fine_tuning(db: Database) -> None:
     db.execute("CREATE INDEX ft_checkpoints_job ON ft_checkpoints (job_id, seq)")
 
 
+def _adopt_rows(db: Database, core_db: Path) -> None:
+    """Copy the fine-tuning rows an earlier version kept in the core's database, read-only there
+    (its tables are left as they were), so that a server upgraded mid-job still lists and resumes
+    its jobs."""
+    if not core_db.is_file():
+        return
+    with closing(sqlite3.connect(f"{core_db.resolve().as_uri()}?mode=ro", uri=True)) as old:
+        present = {row[0] for row in old.execute("SELECT name FROM sqlite_master")}
+        with db.conn:
+            for table in TABLES:
+                if table not in present:
+                    continue
+                cursor = old.execute(f"SELECT * FROM {table}")
+                columns = [d[0] for d in cursor.description]
+                marks = ", ".join("?" * len(columns))
+                db.conn.executemany(
+                    f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", cursor
+                )
+
+
 def new_id(prefix: str) -> str:
     """A random id such as `ftjob-` + 24 letters and digits."""
     return f"{prefix}-" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
@@ -130,8 +156,12 @@ class FineTuneStore:
         self.jobs_dir = settings.home / "jobs"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_db(settings.db_path)
+        path = settings.home / DB_NAME
+        created = not path.exists()
+        self.db = cast(Database, ThreadLocalDatabase(path))
         migrations.apply(self.db)
+        if created:
+            _adopt_rows(self.db, settings.db_path)
         self._lock = threading.RLock()
 
     def close(self) -> None:

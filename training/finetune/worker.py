@@ -27,9 +27,9 @@ from typing import IO, Any
 from storage.processes import python_env
 from storage.settings import Settings
 from training.finetune.adapters import README, fine_tuned_model_name, publish_adapter
+from training.finetune.hyperparameters import Hyperparameters, resolve_hyperparameters
 from training.finetune.run_job import EXIT_STOPPED
-from training.finetune.store import TERMINAL, FineTuneStore, now
-from training.trainer import BASE_LEARNING_RATE, resolve_hyperparameters
+from training.finetune.store import FINISHED, FineTuneStore, now
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,6 @@ class JobWorker:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="fewtune-jobs", daemon=True)
             self._thread.start()
-
-    start = ensure_started
 
     def wake(self) -> None:
         self._wake.set()
@@ -164,7 +162,7 @@ class JobWorker:
         config = {
             "n_epochs": hp["n_epochs"],
             "batch_size": hp["batch_size"],
-            "learning_rate": BASE_LEARNING_RATE * hp["learning_rate_multiplier"],
+            "learning_rate": Hyperparameters(**hp).learning_rate,
             "seed": job["seed"],
             **json.loads(job["options"]),
         }
@@ -241,7 +239,7 @@ class JobWorker:
     def _clean(self, job_id: str) -> None:
         """A job that is over keeps only its log: the adapter is published, nothing resumes."""
         job = self.store.get_job(job_id)
-        if job is not None and job["status"] in TERMINAL:
+        if job is not None and job["status"] in FINISHED:
             _remove_training_output(self.store.job_dir(job_id))
 
     def _record_outcome(self, job: dict[str, Any], running: _Running, code: int) -> None:

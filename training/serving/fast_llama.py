@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.int8_kernels import Int8Weight
+from training.serving.int8_kernels import Int8Weight
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which fused matrix each projection lives in, and in what order.

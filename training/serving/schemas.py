@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from training.engine import ChatDelta, ChatResult, Sampling, Usage
+from training.serving.engine import ChatResult, Sampling, Usage
 
 
 class TextPart(BaseModel):
@@ -140,7 +140,3 @@ def chunk_body(
 
 def model_body(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "fewtune"}
-
-
-def delta_text(delta: ChatDelta) -> dict[str, Any]:
-    return {"content": delta.text}

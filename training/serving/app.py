@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,26 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage.settings import Settings
-from training.engine import ChatEngine, EngineError
+from training.api_errors import APIError, error_body
+from training.finetune import attach_finetuning
+from training.serving.chat import router as chat_router
+from training.serving.engine import ChatEngine, EngineError
 
 log = logging.getLogger(__name__)
-
-
-class APIError(Exception):
-    """An error answered as {"error": {"message", "type", "code"}} with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
 
 
 def error_response(
@@ -47,10 +32,6 @@ def error_response(
     body = error_body(message, type, code)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def error_body(message: str, type: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "code": code, "param": None}}
 
 
 async def require_token(request: Request) -> None:
@@ -110,9 +91,6 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
     """The server app. `engine` defaults to a ChatEngine for settings.server.model (lazy load)."""
     if not token:
         raise ValueError("The server needs a non-empty bearer token.")
-    from training.finetune import attach_finetuning
-    from training.server.chat import router as chat_router
-
     app = FastAPI(
         title="fewtune",
         version="0.1.0",

@@ -25,13 +25,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from assistants.prompt import messages_tokens
+
 HELD_OUT_FRACTION = 0.1
 MAX_CHAT_TOKENS = 2048  # estimated; a longer chat is dropped rather than cut mid-turn
-
-
-def estimate_tokens(text: str) -> int:
-    """Same estimate as the prompt builder: UTF-8 bytes / 3, plus 4 per message."""
-    return -(-len(text.encode("utf-8")) // 3) + 4
 
 
 @dataclass
@@ -114,7 +111,7 @@ def build_dataset(
         if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
             removed["nothing_to_learn"] += 1
             continue
-        size = sum(estimate_tokens(m["content"]) for m in messages)
+        size = messages_tokens(messages)  # the prompt builder's estimate
         if size > max_tokens:
             removed["too_long"] += 1
             continue

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from training.engine import ChatEngine, EngineError, PreparedChat
-from training.server.app import APIError, error_body
-from training.server.schemas import (
+from training.api_errors import APIError, error_body
+from training.serving.engine import ChatEngine, EngineError, PreparedChat
+from training.serving.schemas import (
     ChatCompletionRequest,
     chunk_body,
     completion_body,

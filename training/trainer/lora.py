@@ -19,8 +19,8 @@ Run:
     accelerate launch -m training.trainer --base DIR --train FILE --out DIR \
         --config '{"n_epochs": 1}'
 
-Heavy imports (torch, transformers, peft, accelerate) happen inside `train`, so the API server can
-import `TrainConfig` and `resolve_hyperparameters` cheaply.
+Heavy imports (torch, transformers, peft, accelerate) happen inside `train`, so the fine-tuning
+API can import `TrainConfig` cheaply.
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.chat_data import DatasetError, TokenizedChat, tokenize_chat, validate_chat_jsonl
+from training.trainer.chat_data import (
+    DatasetError,
+    TokenizedChat,
+    tokenize_chat,
+    validate_chat_jsonl,
+)
 
-BASE_LEARNING_RATE = 2e-4  # what learning_rate_multiplier 1.0 means: a usual LoRA rate
 GROUP_WINDOW = 50  # batches per window sorted by length: less padding, still shuffled
 Event = dict[str, Any]
 
@@ -60,7 +64,7 @@ class TrainConfig:
     n_epochs: int = 3  # passes over the training file
     batch_size: int = 8  # examples per optimizer step, over all processes together
     grad_accum: int = 1  # micro-batches each process splits its share of a batch into (memory)
-    learning_rate: float = BASE_LEARNING_RATE  # peak rate, after warmup
+    learning_rate: float = 2e-4  # peak rate, after warmup: a usual LoRA rate
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     warmup: float = 0.03  # below 1: a fraction of all steps; from 1: a number of steps
     weight_decay: float = 0.0
@@ -101,76 +105,6 @@ class TrainConfig:
         if "target_modules" in values:
             values = {**values, "target_modules": tuple(values["target_modules"])}
         return cls(**values)
-
-    def with_hyperparameters(self, hp: Hyperparameters) -> TrainConfig:
-        """This config with the OpenAI-style hyperparameters applied."""
-        return dataclasses.replace(
-            self,
-            n_epochs=hp.n_epochs,
-            batch_size=hp.batch_size,
-            learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
-        )
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """The fine-tuning API's hyperparameters, resolved to numbers."""
-
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def resolve_hyperparameters(
-    n_examples: int,
-    n_epochs: int | str = "auto",
-    batch_size: int | str = "auto",
-    learning_rate_multiplier: float | str = "auto",
-) -> Hyperparameters:
-    """Turn the API's "auto" or numbers into concrete values for a file of `n_examples`.
-
-    - n_epochs "auto": 3, raised so that small files give at least 100 example-passes (at most
-      25 epochs) and lowered so that large ones give at most 25,000 (at least 1), as OpenAI does.
-    - batch_size "auto": about n_examples / 100 rounded to a power of two, between 4 and 32
-      (never more than n_examples).
-    - learning_rate_multiplier "auto": 1.0; the rate is BASE_LEARNING_RATE (2e-4) times it.
-    Raises ValueError with one sentence for values out of range.
-    """
-    if n_examples < 1:
-        raise ValueError("the training file has no examples")
-    if n_epochs == "auto":
-        epochs = 3
-        if n_examples * epochs < 100:
-            epochs = min(25, math.ceil(100 / n_examples))
-        elif n_examples * epochs > 25_000:
-            epochs = max(1, 25_000 // n_examples)
-    else:
-        epochs = _number(n_epochs, "n_epochs", int, 1, 50)
-    if batch_size == "auto":
-        batch = min(32, max(4, 2 ** round(math.log2(max(1.0, n_examples / 100)))))
-        batch = min(batch, n_examples)
-    else:
-        batch = _number(batch_size, "batch_size", int, 1, 256)
-    if learning_rate_multiplier == "auto":
-        multiplier = 1.0
-    else:
-        multiplier = float(_number(learning_rate_multiplier, "learning_rate_multiplier", float))
-        if not 0 < multiplier <= 10:
-            raise ValueError("learning_rate_multiplier must be above 0 and at most 10")
-    return Hyperparameters(epochs, batch, multiplier)
-
-
-def _number(value: Any, name: str, kind: type, low: int = 0, high: int = 0) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f'{name} must be "auto" or a number')
-    if kind is int:
-        if value != int(value) or not low <= value <= high:
-            raise ValueError(f'{name} must be "auto" or a whole number from {low} to {high}')
-        return int(value)
-    return value
 
 
 @dataclass(frozen=True)
@@ -627,7 +561,7 @@ def _collate(
     """Right-pad a micro-batch into tensors; padding gets attention 0 and no label."""
     import torch
 
-    from training.chat_data import IGNORE_INDEX
+    from training.trainer.chat_data import IGNORE_INDEX
 
     longest = math.ceil(max(len(e.input_ids) for e in examples) / multiple) * multiple
     ids, mask, labels = [], [], []
@@ -655,7 +589,7 @@ def _assistant_loss_class() -> type:
     import torch
     import torch.nn.functional as F
 
-    from training.chat_data import IGNORE_INDEX
+    from training.trainer.chat_data import IGNORE_INDEX
 
     class AssistantLoss(torch.nn.Module):
         """The model and its loss: the sum over learned tokens, divided by `num_items`.
@@ -810,7 +744,3 @@ def main(argv: list[str] | None = None) -> int:
         summary["adapter_path"] = str(result.adapter_path) if result.adapter_path else None
         print(json.dumps({"type": "result", **summary}), flush=True)
     return 1 if result.cancelled else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

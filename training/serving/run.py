@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.settings import Settings
-from training.engine import ChatEngine
+from training.serving.engine import ChatEngine
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def serve(
     """
     import uvicorn
 
-    from training.server.app import create_app, with_activity
+    from training.serving.app import create_app, with_activity
 
     host = host or settings.server.host
     port = settings.server.port if port is None else port
@@ -139,12 +139,12 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m training.server [--host H] [--port P] [--idle-timeout S]`."""
+    """`python -m training.serving [--host H] [--port P] [--idle-timeout S]`."""
     import argparse
 
     from storage.settings import load_settings
 
-    parser = argparse.ArgumentParser(prog="python -m training.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.serving", description=__doc__)
     parser.add_argument("--host", default=None, help="address to listen on (default: settings)")
     parser.add_argument("--port", type=int, default=None, help="port; 0 picks a free one")
     parser.add_argument(

@@ -206,7 +206,7 @@ class ChatEngine:
         server = self.settings.server
         if self._device != "cpu" or not server.fast_decode:
             return None
-        from training import fast_llama
+        from training.serving import fast_llama
 
         if not fast_llama.supports(model):
             log.info("fast decoder: %s is not a plain Llama; using transformers", self.base_model)
@@ -338,7 +338,7 @@ class ChatEngine:
     def _generate(
         self, chat: PreparedChat, send: Callable[[ChatDelta], None], cancel: threading.Event
     ) -> None:
-        from training.decoding import SamplingParams, TextAssembler, decode_loop
+        from training.serving.decoding import SamplingParams, TextAssembler, decode_loop
 
         room = self._context - len(chat.prompt_ids) if self._context else DEFAULT_MAX_TOKENS
         wanted = chat.sampling.max_tokens or DEFAULT_MAX_TOKENS
@@ -374,10 +374,10 @@ class ChatEngine:
     @contextlib.contextmanager
     def _stepper(self, model_id: str) -> Iterator[Any]:
         """What runs `model_id`: the fast decoder (base or a plain LoRA) or transformers/peft."""
-        from training.decoding import TransformersStepper
+        from training.serving.decoding import TransformersStepper
 
         if self._fast is not None:
-            from training.fast_llama import FastStepper
+            from training.serving.fast_llama import FastStepper
 
             if model_id == self.base_model:
                 yield FastStepper(self._fast)
@@ -399,7 +399,7 @@ class ChatEngine:
 
     def _fast_adapter(self, name: str) -> Any:
         """The adapter in the fast decoder's layout; None when only peft can apply it."""
-        from training.fast_llama import UnsupportedAdapter
+        from training.serving.fast_llama import UnsupportedAdapter
 
         folder = adapter_dir(self.settings.adapters_path, name)
         if folder is None:

@@ -1,0 +1,81 @@
+"""The fine-tuning API's hyperparameter rules: OpenAI's "auto" or numbers, resolved for a file.
+
+These are the API's promises (what "auto" means, what learning_rate_multiplier 1.0 means, which
+values are accepted), so they live with the API; the trainer only ever sees the resulting
+numbers in its TrainConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+BASE_LEARNING_RATE = 2e-4  # what learning_rate_multiplier 1.0 means: a usual LoRA rate
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The fine-tuning API's hyperparameters, resolved to numbers."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    @property
+    def learning_rate(self) -> float:
+        """The trainer's peak learning rate these hyperparameters ask for."""
+        return BASE_LEARNING_RATE * self.learning_rate_multiplier
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_hyperparameters(
+    n_examples: int,
+    n_epochs: int | str = "auto",
+    batch_size: int | str = "auto",
+    learning_rate_multiplier: float | str = "auto",
+) -> Hyperparameters:
+    """Turn the API's "auto" or numbers into concrete values for a file of `n_examples`.
+
+    - n_epochs "auto": 3, raised so that small files give at least 100 example-passes (at most
+      25 epochs) and lowered so that large ones give at most 25,000 (at least 1), as OpenAI does.
+    - batch_size "auto": about n_examples / 100 rounded to a power of two, between 4 and 32
+      (never more than n_examples).
+    - learning_rate_multiplier "auto": 1.0; the rate is BASE_LEARNING_RATE (2e-4) times it.
+    Raises ValueError with one sentence for values out of range.
+    """
+    if n_examples < 1:
+        raise ValueError("the training file has no examples")
+    if n_epochs == "auto":
+        epochs = 3
+        if n_examples * epochs < 100:
+            epochs = min(25, math.ceil(100 / n_examples))
+        elif n_examples * epochs > 25_000:
+            epochs = max(1, 25_000 // n_examples)
+    else:
+        epochs = _number(n_epochs, "n_epochs", int, 1, 50)
+    if batch_size == "auto":
+        batch = min(32, max(4, 2 ** round(math.log2(max(1.0, n_examples / 100)))))
+        batch = min(batch, n_examples)
+    else:
+        batch = _number(batch_size, "batch_size", int, 1, 256)
+    if learning_rate_multiplier == "auto":
+        multiplier = 1.0
+    else:
+        multiplier = float(_number(learning_rate_multiplier, "learning_rate_multiplier", float))
+        if not 0 < multiplier <= 10:
+            raise ValueError("learning_rate_multiplier must be above 0 and at most 10")
+    return Hyperparameters(epochs, batch, multiplier)
+
+
+def _number(value: Any, name: str, kind: type, low: int = 0, high: int = 0) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f'{name} must be "auto" or a number')
+    if kind is int:
+        if value != int(value) or not low <= value <= high:
+            raise ValueError(f'{name} must be "auto" or a whole number from {low} to {high}')
+        return int(value)
+    return value
