@@ -60,7 +60,9 @@ class Core:
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)
-        self.promotions = Promotions(self.db, self.assistants, self.chat, self.providers, self.lock)
+        self.promotions = Promotions(
+            self.db, self.assistants, self.chat, self.providers, self.lock, self.executor
+        )
 
     @classmethod
     def open(cls, home: str | Path | None = None, embedder: Embedder | None = None) -> Core:

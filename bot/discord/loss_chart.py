@@ -1,7 +1,7 @@
 """The loss curve of a fine-tuning job as a PNG (matplotlib, no display needed).
 
-A pure function: points in, bytes out. It takes a few tens of milliseconds, so the bot calls it
-in a worker thread (asyncio.to_thread) to keep the event loop free.
+A pure function: points in, bytes out. It takes a few tens of milliseconds, once at the end of
+a promotion, so the bot draws it on its loop.
 """
 
 from __future__ import annotations
