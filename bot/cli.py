@@ -663,6 +663,8 @@ async def _promote(core: Core, name: str, provider, base_model, wait: bool, forc
         )
     finally:
         await core.providers.close()
+    if promotion.status == "cancelled":
+        fail(f"The promotion of {name} was cancelled.")
     if promotion.status != "succeeded":
         fail(
             f"The fine-tuning job ended {promotion.status}: {promotion.error or 'no reason given'}."

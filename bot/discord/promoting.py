@@ -261,6 +261,9 @@ class Promoter:
             log.exception("the promotion of %s failed", name)
             await shown.finish(f"**{name}**: {UNEXPECTED}")
             return
+        if ended.status == "cancelled":
+            await shown.finish(f"**{name}**: the promotion was cancelled.")
+            return
         if ended.status != "succeeded":
             reason = ended.error or "no reason given"
             await shown.finish(f"**{name}**: the fine-tuning job ended {ended.status}: {reason}")
