@@ -249,7 +249,12 @@ class Promotions:
         raise InvalidInput(f"Say which base model to fine-tune on {provider!r} with --base-model.")
 
     def _insert(
-        self, assistant: Assistant, provider: str, base: str, data: Dataset, follower: Any
+        self,
+        assistant: Assistant,
+        provider: str,
+        base: str,
+        data: Dataset,
+        follower: dict[str, Any] | None,
     ) -> int:
         """The new promotion's row; the unique index refuses a second active one (a start from
         another process that got past `_refuse_if_active` at the same moment)."""
@@ -515,20 +520,11 @@ class Promotions:
             parts.append(chunk.text)
         return "".join(parts).strip()
 
-    async def evaluate(
-        self, actor: Actor, name: str, on_step: OnStep | None = None, limit: int = 200
-    ) -> dict[str, Any]:
-        """Score few-shot, fine-tuned alone and fine-tuned + retrieved examples on the held-out split."""
-        promotion = await self._in_thread(self.latest, actor, name)
-        if promotion.status != "succeeded" or not promotion.fine_tuned_model:
-            raise InvalidInput(
-                f"The latest promotion of {name!r} has not succeeded; nothing to evaluate."
-            )
-        return await self._evaluate(promotion, on_step, limit)
-
     async def _evaluate(
         self, promotion: Promotion, on_step: OnStep | None, limit: int = 200
     ) -> dict[str, Any]:
+        """Score few-shot, fine-tuned alone and fine-tuned + retrieved examples on the held-out
+        split; the scores are stored with the promotion."""
         assert promotion.fine_tuned_model is not None
         assistant = await self._in_thread(self.assistants.by_id, promotion.assistant_id)
         data = await self._in_thread(build_dataset, self.db, assistant.id, assistant.instructions)
