@@ -61,7 +61,9 @@ class Core:
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)
-        self.promotions = Promotions(self.db, self.assistants, self.chat, self.providers, self.lock)
+        self.promotions = Promotions(
+            self.db, self.assistants, self.chat, self.providers, self.lock, self.executor
+        )
         self.api = Api(self)  # what frontends await (assistants/api.py)
 
     @classmethod

@@ -10,18 +10,26 @@ answers with the fine-tuned model plus its k retrieved examples (the hybrid), so
 happens only when the hybrid scores at least as well as few-shot, unless forced. Scores: exact
 match (after trimming and case-folding) and mean token F1; the switch compares exact match, then
 F1. Every figure is stored with the promotion and shown. Rollback returns to the previous model.
+
+`Promotions.promote` runs the whole way (start, follow, evaluate, switch) once for every
+frontend, reporting each `Step` to a callback; frontends only render the steps. One promotion
+per assistant is active at a time (a unique index in SQLite, storage/db.py migration 5), so a
+second start from any frontend is refused with one sentence; `cancel` ends the active one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import re
+import sqlite3
 import tarfile
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +40,14 @@ from assistants.actor import Actor
 from assistants.assistant import Assistant, Assistants, now
 from assistants.chat import Chat
 from assistants.dataset import Dataset, build_dataset
-from assistants.errors import InvalidInput, NotFound, ProviderError
+from assistants.errors import InvalidInput, LimitExceeded, NotFound, ProviderError
 from assistants.providers import LOCAL, ModelRef, Providers, describe
 
-MIN_TRAIN_CHATS = 10  # fewer is not worth a fine-tune; --force overrides
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+MIN_TRAIN_CHATS = 10  # fewer is not worth a fine-tune; force overrides
+ENDED_STATUSES = ("succeeded", "failed", "cancelled")  # a promotion in any other is active
+# The job succeeded and its followed promotion is being evaluated and switched: still active.
+EVALUATING = "evaluating"
 SUFFIX = re.compile(r"[^A-Za-z0-9-]+")
-
-OnProgress = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -70,8 +78,35 @@ class Promotion:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a promotion, as `Promotions.promote` reports it.
+
+    kind: "started" (the job exists), "event" (the job's status and one of its events:
+    `message`, and `metrics` for a training-metrics event), "evaluating" (the job succeeded;
+    the evaluation begins), "evaluated" (one setting scored, in `message`) or "switched" (the
+    decision: `promotion.evaluation` and `promotion.switched`). `promotion` is as stored then.
+    """
+
+    kind: str
+    promotion: Promotion
+    message: str = ""
+    metrics: dict[str, Any] | None = None
+
+
+OnStep = Callable[[Step], Awaitable[None]]
+
+
 def normalise(text: str) -> str:
     return " ".join(text.split()).casefold()
+
+
+def _already_running(assistant: Assistant, promotion: Promotion) -> LimitExceeded:
+    job = f"job {promotion.job_id}" if promotion.job_id else "its job is being created"
+    return LimitExceeded(
+        f"A promotion of {assistant.name!r} is already running ({job}, {promotion.status}); "
+        "wait for it to end or cancel it."
+    )
 
 
 def token_f1(answer: str, target: str) -> float:
@@ -93,18 +128,55 @@ class Promotions:
         chat: Chat,
         providers: Providers,
         lock: threading.RLock,
+        executor: Executor,
     ) -> None:
         self.db = db
         self.assistants = assistants
         self.chat = chat
         self.providers = providers
         self.lock = lock
+        self.executor = executor
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run blocking work (SQLite, the dataset, the switch) on the core's worker threads."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     # -- the dataset ---------------------------------------------------------------------------
 
     def dataset(self, actor: Actor, name: str) -> tuple[Assistant, Dataset]:
         assistant = self.assistants.get_managed(actor, name, "export the training data of")
         return assistant, build_dataset(self.db, assistant.id, assistant.instructions)
+
+    def _name(self, name: str | int) -> str:
+        """An assistant's name, from a name or an id (a Discord button's)."""
+        return self.assistants.by_id(name).name if isinstance(name, int) else name
+
+    def _to_promote(self, actor: Actor, name: str | int, force: bool) -> tuple[Assistant, Dataset]:
+        """The assistant and its dataset, refused unless a promotion may start: the actor
+        manages it, none is active, and there is enough to train on (the one minimum-data rule)."""
+        assistant = self.assistants.get_managed(actor, self._name(name), "promote")
+        self._refuse_if_active(assistant)
+        data = build_dataset(self.db, assistant.id, assistant.instructions)
+        if len(data.train) < MIN_TRAIN_CHATS and not force:
+            raise InvalidInput(
+                f"{assistant.name!r} has {len(data.train)} training chats; promotion needs at "
+                f"least {MIN_TRAIN_CHATS} (add examples or collect conversations, or promote "
+                "with force)."
+            )
+        if not data.train:
+            raise InvalidInput(f"{assistant.name!r} has nothing to train on yet.")
+        return assistant, data
+
+    async def to_promote(
+        self, actor: Actor, name: str | int, force: bool
+    ) -> tuple[Assistant, Dataset]:
+        """What a promotion of `name` (or the assistant with that id) would train on, refused
+        as `start` would refuse it."""
+        result: tuple[Assistant, Dataset] = await self._in_thread(
+            self._to_promote, actor, name, force
+        )
+        return result
 
     # -- promotions ----------------------------------------------------------------------------
 
@@ -122,6 +194,10 @@ class Promotions:
             )
         return Promotion.from_row(rows[0])
 
+    def _get(self, promotion_id: int) -> Promotion:
+        row = next(self.db.query("SELECT * FROM promotions WHERE id = ?", [promotion_id]))
+        return Promotion.from_row(row)
+
     def _update(self, promotion_id: int, **fields: Any) -> Promotion:
         for key in ("dataset_stats", "evaluation", "follower"):
             if key in fields and fields[key] is not None:
@@ -129,8 +205,18 @@ class Promotions:
         fields["updated_at"] = now()
         with self.lock, self.db.conn:
             self.db.table("promotions").update(promotion_id, fields)
-        row = next(self.db.query("SELECT * FROM promotions WHERE id = ?", [promotion_id]))
-        return Promotion.from_row(row)
+        return self._get(promotion_id)
+
+    def _refuse_if_active(self, assistant: Assistant) -> None:
+        marks = ", ".join("?" * len(ENDED_STATUSES))
+        rows = list(
+            self.db.query(
+                f"SELECT * FROM promotions WHERE assistant_id = ? AND status NOT IN ({marks})",
+                [assistant.id, *ENDED_STATUSES],
+            )
+        )
+        if rows:
+            raise _already_running(assistant, Promotion.from_row(rows[0]))
 
     def follow_from(self, promotion_id: int, follower: dict[str, Any] | None) -> None:
         """Record where a frontend shows the promotion's progress (None: nobody follows it any
@@ -147,6 +233,11 @@ class Promotions:
                 found.append((promotion, self.assistants.by_id(promotion.assistant_id)))
         return found
 
+    async def to_resume(self, frontend: str) -> list[tuple[Promotion, Assistant]]:
+        """`followed`, for a frontend's loop: what it goes on following after a restart."""
+        found: list[tuple[Promotion, Assistant]] = await self._in_thread(self.followed, frontend)
+        return found
+
     def _base_model(self, assistant: Assistant, provider: str, base_model: str | None) -> str:
         if base_model:
             return base_model
@@ -157,6 +248,40 @@ class Promotions:
             return self.providers.settings.server.model
         raise InvalidInput(f"Say which base model to fine-tune on {provider!r} with --base-model.")
 
+    def _insert(
+        self,
+        assistant: Assistant,
+        provider: str,
+        base: str,
+        data: Dataset,
+        follower: dict[str, Any] | None,
+    ) -> int:
+        """The new promotion's row; the unique index refuses a second active one (a start from
+        another process that got past `_refuse_if_active` at the same moment)."""
+        stamp = now()
+        try:
+            with self.lock, self.db.conn:
+                return int(
+                    self.db.table("promotions")
+                    .insert(
+                        {
+                            "assistant_id": assistant.id,
+                            "provider": provider,
+                            "base_model": base,
+                            "status": "uploading",
+                            "dataset_stats": json.dumps(data.stats),
+                            "previous_model": assistant.fine_tuned_model,
+                            "follower": json.dumps(follower) if follower else None,
+                            "created_at": stamp,
+                            "updated_at": stamp,
+                        }
+                    )
+                    .last_pk  # type: ignore[arg-type]
+                )
+        except sqlite3.IntegrityError:
+            self._refuse_if_active(assistant)
+            raise
+
     async def start(
         self,
         actor: Actor,
@@ -166,37 +291,16 @@ class Promotions:
         base_model: str | None = None,
         hyperparameters: dict[str, Any] | None = None,
         force: bool = False,
+        follower: dict[str, Any] | None = None,
     ) -> Promotion:
-        """Build the dataset, upload it and create the fine-tuning job."""
-        assistant = self.assistants.get_managed(actor, name, "promote")
+        """Build the dataset, upload it and create the fine-tuning job (`follower`: where a
+        frontend shows its progress, see `follow_from`)."""
+        assistant, data = await self.to_promote(actor, name, force)
         provider = provider or ModelRef.parse(assistant.model).provider
         base = self._base_model(assistant, provider, base_model)
-        data = await asyncio.to_thread(build_dataset, self.db, assistant.id, assistant.instructions)
-        if len(data.train) < MIN_TRAIN_CHATS and not force:
-            raise InvalidInput(
-                f"{assistant.name!r} has {len(data.train)} training chats; promotion needs at "
-                f"least {MIN_TRAIN_CHATS} (add examples or collect conversations, or use --force)."
-            )
-        if not data.train:
-            raise InvalidInput(f"{assistant.name!r} has nothing to train on yet.")
-        stamp = now()
-        with self.lock, self.db.conn:
-            promotion_id = (
-                self.db.table("promotions")
-                .insert(
-                    {
-                        "assistant_id": assistant.id,
-                        "provider": provider,
-                        "base_model": base,
-                        "status": "uploading",
-                        "dataset_stats": json.dumps(data.stats),
-                        "previous_model": assistant.fine_tuned_model,
-                        "created_at": stamp,
-                        "updated_at": stamp,
-                    }
-                )
-                .last_pk
-            )
+        promotion_id = await self._in_thread(
+            self._insert, assistant, provider, base, data, follower
+        )
         import openai
 
         ref = ModelRef(provider, base)
@@ -204,7 +308,7 @@ class Promotions:
             client = await self.providers.client(provider)
         except ProviderError as exc:
             # Without this the promotion would stay "uploading" for ever (no job to poll).
-            self._update(int(promotion_id), status="failed", error=str(exc))  # type: ignore[arg-type]
+            await self._in_thread(self._update, promotion_id, status="failed", error=str(exc))
             raise
         try:
             train = await client.files.create(
@@ -226,14 +330,19 @@ class Promotions:
                 method={"type": "supervised", "supervised": supervised},  # type: ignore[arg-type]
             )
         except openai.APIError as exc:
-            self._update(int(promotion_id), status="failed", error=describe(ref, exc))  # type: ignore[arg-type]
-            raise ProviderError(describe(ref, exc)) from exc
-        return self._update(int(promotion_id), job_id=job.id, status=job.status)  # type: ignore[arg-type]
+            reason = describe(ref, exc)
+            await self._in_thread(self._update, promotion_id, status="failed", error=reason)
+            raise ProviderError(reason) from exc
+        started: Promotion = await self._in_thread(
+            self._update, promotion_id, job_id=job.id, status=job.status
+        )
+        return started
 
     async def _poll(
-        self, promotion: Promotion, seen: set[str], on_progress: OnProgress | None
+        self, promotion: Promotion, seen: set[str], on_step: OnStep | None
     ) -> Promotion:
-        """Read the job and its new events once; store the status."""
+        """Read the job and its new events once; store the status (a followed promotion whose
+        job succeeded stays active as EVALUATING until its switch is decided)."""
         import openai
 
         assert promotion.job_id is not None
@@ -244,54 +353,151 @@ class Promotions:
         except openai.APIError as exc:
             ref = ModelRef(promotion.provider, promotion.base_model)
             raise ProviderError(describe(ref, exc)) from exc
+        status: str = job.status
+        if status == "succeeded" and promotion.follower:
+            status = EVALUATING
         for event in reversed(events.data):
             if event.id in seen:
                 continue
             seen.add(event.id)
-            if on_progress:
-                await on_progress(
-                    {
-                        "status": job.status,
-                        "message": event.message,
-                        "type": event.type,
-                        "data": getattr(event, "data", None),
-                    }
+            if on_step:
+                data = getattr(event, "data", None)
+                metrics = data if event.type == "metrics" and data else None
+                await on_step(
+                    Step("event", replace(promotion, status=status), event.message, metrics)
                 )
-        return self._update(
+        stored: Promotion = await self._in_thread(
+            self._update,
             promotion.id,
-            status=job.status,
+            status=status,
             fine_tuned_model=job.fine_tuned_model,
             error=job.error.message if job.error and job.error.message else None,
         )
+        return stored
 
     async def refresh(self, actor: Actor, name: str) -> Promotion:
         """The latest promotion, with its job's status read from the provider."""
-        promotion = self.latest(actor, name)
-        if promotion.job_id is None or promotion.status in TERMINAL_STATUSES:
+        promotion = await self._in_thread(self.latest, actor, name)
+        if promotion.job_id is None or promotion.status in (*ENDED_STATUSES, EVALUATING):
             return promotion
         return await self._poll(promotion, set(), None)
 
-    async def follow(
-        self,
-        actor: Actor,
-        name: str,
-        on_progress: OnProgress | None = None,
-        poll_seconds: float = 2.0,
+    async def _follow(
+        self, promotion: Promotion, on_step: OnStep | None, poll_seconds: float
     ) -> Promotion:
-        """Poll the job until it ends, passing each new event to on_progress."""
-        promotion = self.latest(actor, name)
+        """Poll the job until it ends (read once at least: a resumed follower sees every event
+        again), passing each new event to on_step."""
         seen: set[str] = set()
         while promotion.job_id is not None:
-            promotion = await self._poll(promotion, seen, on_progress)
-            if promotion.status in TERMINAL_STATUSES:
+            promotion = await self._poll(promotion, seen, on_step)
+            if promotion.status in (*ENDED_STATUSES, EVALUATING):
                 break
             await asyncio.sleep(poll_seconds)
         return promotion
 
-    async def cancel(self, actor: Actor, name: str) -> Promotion:
-        promotion = self.latest(actor, name)
-        if promotion.job_id is None or promotion.status in TERMINAL_STATUSES:
+    async def follow(
+        self, actor: Actor, name: str, on_step: OnStep | None = None, poll_seconds: float = 2.0
+    ) -> Promotion:
+        """Poll the latest promotion's job until it ends, passing each new event to on_step."""
+        promotion = await self._in_thread(self.latest, actor, name)
+        return await self._follow(promotion, on_step, poll_seconds)
+
+    async def promote(
+        self,
+        actor: Actor,
+        name: str,
+        where: dict[str, Any],
+        on_step: OnStep | None = None,
+        *,
+        provider: str | None = None,
+        base_model: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        force: bool = False,
+        resumable: bool = False,
+        poll_seconds: float = 2.0,
+    ) -> Promotion:
+        """The whole promotion: start, follow the job, evaluate, switch (force: with little data,
+        and even if not better). Each step goes to on_step; the promotion as it ended is returned
+        (its status says how the job ended; `switched` the decision).
+
+        `where` names the frontend ("frontend") and where it shows the progress; it is stored
+        with the actor and `force`, so that a `resumable` frontend, restarted, goes on with
+        `resume`. A frontend that does not resume lets the promotion go when it is stopped."""
+        follower = {**where, "actor": actor.to_dict(), "force": force}
+        promotion = await self.start(
+            actor,
+            name,
+            provider=provider,
+            base_model=base_model,
+            hyperparameters=hyperparameters,
+            force=force,
+            follower=follower,
+        )
+        try:
+            if on_step:
+                await on_step(Step("started", promotion))
+            return await self._see_through(promotion, actor, force, on_step, poll_seconds)
+        except asyncio.CancelledError:
+            if not resumable:
+                await asyncio.shield(self._in_thread(self._let_go, promotion.id))
+            raise
+
+    async def resume(
+        self, promotion: Promotion, on_step: OnStep | None = None, poll_seconds: float = 2.0
+    ) -> Promotion:
+        """Go on with a followed promotion (from `to_resume`) to its end, as the actor who
+        started it, with the permissions they had then."""
+        follower = promotion.follower or {}
+        actor = Actor.from_dict(follower["actor"])
+        return await self._see_through(
+            promotion, actor, bool(follower.get("force")), on_step, poll_seconds
+        )
+
+    async def _see_through(
+        self,
+        promotion: Promotion,
+        actor: Actor,
+        force: bool,
+        on_step: OnStep | None,
+        poll_seconds: float,
+    ) -> Promotion:
+        """Follow, evaluate, switch; then nobody follows the promotion any more. An error ends
+        following it too; the bot closing (cancelled) does not: it resumes after a restart."""
+        try:
+            promotion = await self._follow(promotion, on_step, poll_seconds)
+            if promotion.status == EVALUATING:
+                if on_step:
+                    await on_step(Step("evaluating", promotion, "Evaluating on held-out chats…"))
+                await self._evaluate(promotion, on_step)
+                promotion = await self._in_thread(self._decide, promotion.id, actor, force)
+                if promotion.status == "succeeded" and on_step:
+                    await on_step(Step("switched", promotion))
+        except Exception:
+            await self._in_thread(self._let_go, promotion.id)
+            raise
+        ended: Promotion = await self._in_thread(self._let_go, promotion.id)
+        return ended
+
+    def _let_go(self, promotion_id: int) -> Promotion:
+        """Nobody follows the promotion any more; an evaluation left unfinished ends it."""
+        promotion = self._get(promotion_id)
+        if promotion.status == EVALUATING:
+            return self._update(promotion_id, status="succeeded", follower=None)
+        return self._update(promotion_id, follower=None)
+
+    async def cancel(self, actor: Actor, name: str | int) -> Promotion:
+        """Cancel the active promotion of `name` (or of the assistant with that id): its job, or
+        (the job done) its evaluation, so that nothing is switched. The frontend following it
+        shows it ended cancelled."""
+        name = await self._in_thread(self._name, name)
+        promotion = await self._in_thread(self.latest, actor, name)
+        if promotion.job_id is None or promotion.status in ENDED_STATUSES:
             raise InvalidInput(f"There is no running promotion of {name!r} to cancel.")
+        if promotion.status == EVALUATING:
+            cancelled: Promotion = await self._in_thread(
+                self._update, promotion.id, status="cancelled"
+            )
+            return cancelled
         import openai
 
         client = await self.providers.client(promotion.provider)
@@ -301,7 +507,8 @@ class Promotions:
             raise ProviderError(
                 describe(ModelRef(promotion.provider, promotion.base_model), exc)
             ) from exc
-        return self._update(promotion.id, status=job.status)
+        stored: Promotion = await self._in_thread(self._update, promotion.id, status=job.status)
+        return stored
 
     # -- evaluation and the switch ---------------------------------------------------------------
 
@@ -313,17 +520,14 @@ class Promotions:
             parts.append(chunk.text)
         return "".join(parts).strip()
 
-    async def evaluate(
-        self, actor: Actor, name: str, on_progress: OnProgress | None = None, limit: int = 200
+    async def _evaluate(
+        self, promotion: Promotion, on_step: OnStep | None, limit: int = 200
     ) -> dict[str, Any]:
-        """Score few-shot, fine-tuned alone and fine-tuned + retrieved examples on the held-out split."""
-        promotion = self.latest(actor, name)
-        if promotion.status != "succeeded" or not promotion.fine_tuned_model:
-            raise InvalidInput(
-                f"The latest promotion of {name!r} has not succeeded; nothing to evaluate."
-            )
-        assistant = self.assistants.by_id(promotion.assistant_id)
-        data = await asyncio.to_thread(build_dataset, self.db, assistant.id, assistant.instructions)
+        """Score few-shot, fine-tuned alone and fine-tuned + retrieved examples on the held-out
+        split; the scores are stored with the promotion."""
+        assert promotion.fine_tuned_model is not None
+        assistant = await self._in_thread(self.assistants.by_id, promotion.assistant_id)
+        data = await self._in_thread(build_dataset, self.db, assistant.id, assistant.instructions)
         items = []
         for chat in data.held_out[:limit]:
             messages = chat["messages"]
@@ -349,7 +553,7 @@ class Promotions:
             f1 = 0.0
             outcomes = []
             for history, question, target in items:
-                composed = await asyncio.to_thread(
+                composed = await self._in_thread(
                     self.chat.compose, assistant, history, question, k=k, exclude=exclude
                 )
                 answer = await self._answer(model, composed.messages, max_tokens)
@@ -364,13 +568,18 @@ class Promotions:
                 "token_f1": f1 / len(items),
                 "outcomes": outcomes,
             }
-            if on_progress:
-                await on_progress(
-                    {"status": "evaluating", "message": f"{label}: {exact}/{len(items)} exact"}
-                )
+            if on_step:
+                await on_step(Step("evaluated", promotion, f"{label}: {exact}/{len(items)} exact"))
         results["items"] = len(items)
-        self._update(promotion.id, evaluation=results)
+        await self._in_thread(self._update, promotion.id, evaluation=results)
         return results
+
+    def _decide(self, promotion_id: int, actor: Actor, force: bool) -> Promotion:
+        """The evaluated promotion's switch, unless it was cancelled meanwhile."""
+        promotion = self._get(promotion_id)
+        if promotion.status != EVALUATING:
+            return promotion
+        return self._switch(replace(promotion, status="succeeded"), actor, force)
 
     def switch(self, actor: Actor, name: str, force: bool = False) -> Promotion:
         """Switch to the fine-tuned model if it is not worse than few-shot (or if forced).
@@ -380,9 +589,15 @@ class Promotions:
         promotion = self.latest(actor, name)
         if promotion.status != "succeeded" or not promotion.fine_tuned_model:
             raise InvalidInput(f"The latest promotion of {name!r} has not succeeded.")
+        return self._switch(promotion, actor, force)
+
+    def _switch(self, promotion: Promotion, actor: Actor, force: bool) -> Promotion:
         evaluation = promotion.evaluation or {}
+        assistant = self.assistants.by_id(promotion.assistant_id)
         if not evaluation and not force:
-            raise InvalidInput(f"Evaluate the promotion of {name!r} first, or use --force.")
+            raise InvalidInput(
+                f"Evaluate the promotion of {assistant.name!r} first, or use --force."
+            )
 
         def score(label: str) -> tuple[float, float]:
             return (evaluation[label]["exact_match"], evaluation[label]["token_f1"])
@@ -390,15 +605,17 @@ class Promotions:
         alone_is_best = bool(evaluation) and score("fine_tuned") > score("fine_tuned_with_examples")
         best = "fine_tuned" if alone_is_best else "fine_tuned_with_examples"
         if not force and score(best) < score("few_shot"):
-            return self._update(promotion.id, switched=0)
+            return self._update(promotion.id, status=promotion.status, switched=0)
         assistant = self.assistants.set_fine_tuned_model(
-            actor, name, f"{promotion.provider}:{promotion.fine_tuned_model}"
+            actor, assistant.name, f"{promotion.provider}:{promotion.fine_tuned_model}"
         )
         previous_k = None
         if alone_is_best and assistant.k != 0:
             previous_k = assistant.k
-            self.assistants.edit(actor, name, k=0)
-        return self._update(promotion.id, switched=1, previous_k=previous_k)
+            self.assistants.edit(actor, assistant.name, k=0)
+        return self._update(
+            promotion.id, status=promotion.status, switched=1, previous_k=previous_k
+        )
 
     def rollback(self, actor: Actor, name: str) -> Assistant:
         """Answer with the model used before the latest switch (the few-shot model, or an

@@ -43,12 +43,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from assistants import Actor, Core, NotFound  # noqa: E402
+from assistants.promotion import Step  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 DEMO = ROOT / "assistants" / "demo" / "numbers.json"
 RESULTS = ROOT / "bench" / "results" / "numbers.json"
 CHART = ROOT / "docs" / "numbers_benchmark.png"
-ACTOR = Actor(user_id="benchmark", display_name="benchmark")
+ACTOR = Actor(user_id="benchmark")
 # SmolLM2 writes one token per digit, so a right answer (" 100." at most) is 5 tokens; 8 leaves
 # room to see that an answer goes on (then it is wrong anyway) without paying for 12 or more.
 MAX_TOKENS = 8
@@ -271,14 +272,14 @@ async def promote(
     if promotion.status != "succeeded":
         last_print = [0.0]
 
-        async def on_progress(event: dict[str, Any]) -> None:
+        async def on_progress(step: Step) -> None:
             # Every message, but metrics at most every 30 s (one per step would flood the log).
             now = time.time()
-            if event.get("type") == "metrics" and now - last_print[0] < 30:
+            if step.metrics and now - last_print[0] < 30:
                 return
             last_print[0] = now
             stamp = time.strftime("%H:%M:%S")
-            print(f"  [{stamp}] {event['status']}: {event['message']}", flush=True)
+            print(f"  [{stamp}] {step.promotion.status}: {step.message}", flush=True)
 
         promotion = await core.promotions.follow(ACTOR, name, on_progress, poll_seconds=5.0)
         record["finished"] = time.time()

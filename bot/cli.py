@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from assistants import TERMINAL, Core, FewtuneError
+from assistants.promotion import Step
 from storage import Settings
 
 app = typer.Typer(
@@ -617,51 +618,70 @@ def show_promotion(promotion) -> None:
     typer.echo(f"switched: {'yes' if promotion.switched else 'no'}")
 
 
+async def show_step(step: Step) -> None:
+    """One step of a promotion on its own line: the job's events, then the evaluation's."""
+    if step.kind == "started":
+        stats = step.promotion.dataset_stats or {}
+        typer.echo(
+            f"Uploaded {stats.get('train_chats')} training and {stats.get('held_out_chats')} held-out chats; "
+            f"job {step.promotion.job_id} is {step.promotion.status}."
+        )
+    elif step.metrics:
+        loss = step.metrics.get("train_loss")
+        typer.echo(
+            f"  step {step.metrics.get('step')}: train loss {loss:.4f}"
+            if loss is not None
+            else f"  {step.metrics}"
+        )
+    elif step.kind == "evaluating":
+        typer.echo("Evaluating on the held-out split...")
+    elif step.kind != "switched":
+        typer.echo(f"  {step.message}")
+
+
 async def _promote(core: Core, name: str, provider, base_model, wait: bool, force: bool, epochs):
+    hyper = {"n_epochs": epochs} if epochs is not None else None
     try:
-        hyper = {"n_epochs": epochs} if epochs is not None else None
-        promotion = await core.promotions.start(
+        if not wait:
+            promotion = await core.promotions.start(
+                TERMINAL,
+                name,
+                provider=provider,
+                base_model=base_model,
+                hyperparameters=hyper,
+                force=force,
+            )
+            await show_step(Step("started", promotion))
+            typer.echo(f"Follow it with `fewtune promote status {name}`.")
+            return
+        promotion = await core.promotions.promote(
             TERMINAL,
             name,
+            {"frontend": "cli"},
+            show_step,
             provider=provider,
             base_model=base_model,
             hyperparameters=hyper,
             force=force,
         )
-        stats = promotion.dataset_stats or {}
-        typer.echo(
-            f"Uploaded {stats.get('train_chats')} training and {stats.get('held_out_chats')} held-out chats; "
-            f"job {promotion.job_id} is {promotion.status}."
+    finally:
+        await core.providers.close()
+    if promotion.status == "cancelled":
+        fail(f"The promotion of {name} was cancelled.")
+    if promotion.status != "succeeded":
+        fail(
+            f"The fine-tuning job ended {promotion.status}: {promotion.error or 'no reason given'}."
         )
-        if not wait:
-            typer.echo(f"Follow it with `fewtune promote status {name}`.")
-            return
+    show_promotion(promotion)
+    if not promotion.switched:
+        typer.echo(
+            "The fine-tuned model scored lower than few-shot, so the assistant keeps its model (--force switches anyway)."
+        )
 
-        async def progress(event):
-            data = event.get("data") or {}
-            if event.get("type") == "metrics" and data:
-                loss = data.get("train_loss")
-                typer.echo(
-                    f"  step {data.get('step')}: train loss {loss:.4f}"
-                    if loss is not None
-                    else f"  {data}"
-                )
-            else:
-                typer.echo(f"  {event['message']}")
 
-        promotion = await core.promotions.follow(TERMINAL, name, progress)
-        if promotion.status != "succeeded":
-            fail(
-                f"The fine-tuning job ended {promotion.status}: {promotion.error or 'no reason given'}."
-            )
-        typer.echo("Evaluating on the held-out split...")
-        await core.promotions.evaluate(TERMINAL, name, progress)
-        promotion = core.promotions.switch(TERMINAL, name, force=force)
-        show_promotion(promotion)
-        if not promotion.switched:
-            typer.echo(
-                "The fine-tuned model scored lower than few-shot, so the assistant keeps its model (--force switches anyway)."
-            )
+async def _cancel(core: Core, name: str):
+    try:
+        return await core.promotions.cancel(TERMINAL, name)
     finally:
         await core.providers.close()
 
@@ -670,7 +690,8 @@ async def _promote(core: Core, name: str, provider, base_model, wait: bool, forc
 def promote(
     name: NameArg,
     target: Annotated[
-        str | None, typer.Argument(help="With `status`: the assistant.", show_default=False)
+        str | None,
+        typer.Argument(help="With `status` or `cancel`: the assistant.", show_default=False),
     ] = None,
     provider: Annotated[
         str | None, typer.Option(help="Where to fine-tune (default: the assistant's provider).")
@@ -684,7 +705,8 @@ def promote(
     ] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: auto).")] = None,
 ) -> None:
-    """Fine-tune an assistant's own model (`fewtune promote status NAME` shows the latest)."""
+    """Fine-tune an assistant's own model (`fewtune promote status NAME` shows the latest,
+    `fewtune promote cancel NAME` cancels the running one)."""
     core = open_core()
     if name == "status" and target:
 
@@ -696,9 +718,14 @@ def promote(
 
         show_promotion(run(status()))
         return
+    if name == "cancel" and target:
+        promotion = run(_cancel(core, target))
+        typer.echo(f"The promotion of {target} (job {promotion.job_id}) is {promotion.status}.")
+        return
     if target:
         fail(
-            f"Unexpected argument {target!r}: `fewtune promote NAME` or `fewtune promote status NAME`."
+            f"Unexpected argument {target!r}: `fewtune promote NAME`, `fewtune promote status NAME` "
+            "or `fewtune promote cancel NAME`."
         )
     run(_promote(core, name, provider, base_model, wait, force, epochs))
 

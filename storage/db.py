@@ -184,6 +184,34 @@ def m004_promotion_follower(db: Database) -> None:
     db.execute("ALTER TABLE promotions ADD COLUMN follower TEXT")
 
 
+_ACTIVE = "status NOT IN ('succeeded', 'failed', 'cancelled')"
+
+
+@migrations()
+def m005_one_active_promotion(db: Database) -> None:
+    # One active promotion per assistant, whichever frontend or process starts it. Before this
+    # only a Discord bot's memory kept to it: older duplicates are ended so the index can exist.
+    db.execute(
+        f"UPDATE promotions SET status = 'failed', error = 'Superseded by a later promotion.' "
+        f"WHERE {_ACTIVE} AND id NOT IN "
+        f"(SELECT max(id) FROM promotions WHERE {_ACTIVE} GROUP BY assistant_id)"
+    )
+    db.execute(
+        f"CREATE UNIQUE INDEX promotions_one_active ON promotions (assistant_id) WHERE {_ACTIVE}"
+    )
+    # A follower now holds the actor as Actor.to_dict wrote it, under "actor".
+    db.execute(
+        """UPDATE promotions SET follower = json_set(
+            json_remove(follower, '$.user_id', '$.guild_id', '$.can_manage_guild'),
+            '$.actor', json_object(
+                'user_id', json_extract(follower, '$.user_id'),
+                'guild_id', json_extract(follower, '$.guild_id'),
+                'can_manage_guild', json(CASE WHEN json_extract(follower, '$.can_manage_guild')
+                    THEN 'true' ELSE 'false' END)))
+        WHERE follower IS NOT NULL AND json_extract(follower, '$.actor') IS NULL"""
+    )
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

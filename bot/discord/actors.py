@@ -24,7 +24,6 @@ def actor_of(interaction: discord.Interaction) -> Actor:
         user_id=str(interaction.user.id),
         guild_id=str(guild_id) if guild_id else None,
         can_manage_guild=bool(guild_id) and interaction.permissions.manage_guild,
-        display_name=interaction.user.display_name,
     )
 
 
@@ -36,5 +35,4 @@ def actor_of_message(message: discord.Message) -> Actor:
         user_id=str(author.id),
         guild_id=str(message.guild.id) if message.guild else None,
         can_manage_guild=bool(manage),
-        display_name=author.display_name,
     )

@@ -234,6 +234,30 @@ class NoPromoteButton(DynamicItem[Button], template=r"fewtune:no-promote"):
         await interaction.response.edit_message(content="Nothing was promoted.", view=None)
 
 
+class CancelPromotionButton(DynamicItem[Button], template=r"fewtune:cancel-promotion:(?P<id>\d+)"):
+    """On a promotion's progress message: cancels the running job (or its evaluation)."""
+
+    def __init__(self, assistant_id: int) -> None:
+        super().__init__(
+            Button(
+                label="Cancel",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"fewtune:cancel-promotion:{assistant_id}",
+            )
+        )
+        self.assistant_id = assistant_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: Any, item: Any, match: re.Match[str]
+    ) -> CancelPromotionButton:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async with guard(interaction):
+            await bot_of(interaction).promoter.cancel(interaction, self.assistant_id)
+
+
 ITEMS = (
     RateButton,
     ImproveButton,
@@ -243,6 +267,7 @@ ITEMS = (
     KeepButton,
     PromoteButton,
     NoPromoteButton,
+    CancelPromotionButton,
 )
 
 
@@ -273,3 +298,7 @@ def confirm_delete_view(assistant: Assistant) -> discord.ui.View:
 
 def confirm_promote_view(assistant: Assistant, force: bool) -> discord.ui.View:
     return view_of(PromoteButton(assistant.id, force), NoPromoteButton())
+
+
+def cancel_promotion_view(assistant: Assistant) -> discord.ui.View:
+    return view_of(CancelPromotionButton(assistant.id))

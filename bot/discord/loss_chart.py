@@ -1,7 +1,7 @@
 """The loss curve of a fine-tuning job as a PNG (matplotlib, no display needed).
 
-A pure function: points in, bytes out. It takes a few tens of milliseconds, so it is not called
-on the event loop.
+A pure function: points in, bytes out. It takes a few tens of milliseconds, once at the end of
+a promotion, so the bot draws it on its loop.
 """
 
 from __future__ import annotations

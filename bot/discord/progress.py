@@ -23,7 +23,6 @@ class ThrottledMessage:
     ) -> None:
         self.message = message
         self.interval = interval
-        self.edits = 0
         self._last = float("-inf")
         self._pending: str | None = None
         self._later: asyncio.Task[None] | None = None
@@ -48,7 +47,6 @@ class ThrottledMessage:
         if text is None and not extra:
             return
         self._last = time.monotonic()
-        self.edits += 1
         kwargs = {"allowed_mentions": NO_MENTIONS, **extra}
         if text is not None:
             kwargs["content"] = text
@@ -64,7 +62,8 @@ class ThrottledMessage:
             self._later.cancel()
 
     async def finish(self, text: str, file: discord.File | None = None) -> None:
-        """The last edit (with an optional attachment), still no sooner than the interval."""
+        """The last edit (with an optional attachment, and no buttons: nothing is left to
+        cancel), still no sooner than the interval."""
         if self._later is not None:
             self._later.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -73,4 +72,4 @@ class ThrottledMessage:
         if wait > 0:
             await asyncio.sleep(wait)
         self._pending = text
-        await self._edit(attachments=[file] if file else [])
+        await self._edit(attachments=[file] if file else [], view=None)

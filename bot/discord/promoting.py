@@ -3,23 +3,25 @@ that shows the job's progress (status, step, loss; edited at most about once a s
 with the evaluation and a loss-curve image. The job is followed by a background task of the bot,
 so the interaction is answered at once and the bot goes on serving everyone else meanwhile.
 
-Every decision is the core's (`core.promotions`: dataset, start, follow, evaluate, switch); this
-module only turns its events into a message.
+The progress message has a Cancel button. Every decision is the core's (`core.promotions.promote`
+runs start, follow, evaluate and switch; `resume` goes on after a restart; `cancel`); this module
+only turns its steps into a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import discord
 
-from assistants import Actor, Assistant, FewtuneError
-from assistants.promotion import MIN_TRAIN_CHATS, Promotion
+from assistants import Assistant, FewtuneError
+from assistants.promotion import OnStep, Promotion, Step
 from bot.discord.actors import actor_of
 from bot.discord.loss_chart import loss_curve_png
 from bot.discord.progress import ThrottledMessage
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
 
 log = logging.getLogger("fewtune.discord")
-T = TypeVar("T")
 FRONTEND = "discord"  # how this frontend names itself in a promotion's follower
 SETTINGS = (
     ("few_shot", "few-shot (as it is)"),
@@ -86,7 +87,7 @@ def promotion_summary(name: str, promotion: Promotion) -> str:
 
 @dataclass
 class Progress:
-    """What the progress message shows, from the core's events."""
+    """What the progress message shows, from the core's steps."""
 
     name: str
     status: str = "starting"
@@ -95,15 +96,14 @@ class Progress:
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # every metrics event's data
 
-    def add(self, event: dict[str, Any]) -> None:
-        self.status = event.get("status") or self.status
-        data = event.get("data") or {}
-        if event.get("type") == "metrics" and data:
+    def add(self, step: Step) -> None:
+        self.status, self.job_id = step.promotion.status, step.promotion.job_id
+        if step.metrics:
             # Validation loss comes every few steps: keep showing the latest known one.
-            self.metrics.update({k: v for k, v in data.items() if v is not None})
-            self.history.append(dict(data))
-        elif event.get("message"):
-            self.note = str(event["message"])
+            self.metrics.update({k: v for k, v in step.metrics.items() if v is not None})
+            self.history.append(dict(step.metrics))
+        elif step.message:
+            self.note = step.message
 
     def render(self) -> str:
         job = f" (job `{self.job_id}`)" if self.job_id else ""
@@ -122,12 +122,13 @@ class Progress:
 
 
 class Promoter:
-    """Starts promotions from Discord and follows each in a background task of the bot."""
+    """Shows promotions started from Discord: each is run by the core (`promote`) in a
+    background task of the bot that edits its one progress message."""
 
     def __init__(self, bot: FewtuneBot) -> None:
         self.bot = bot
         self.core = bot.core
-        self.running: dict[int, asyncio.Task[None]] = {}  # assistant id -> its follower
+        self.running: set[asyncio.Task[None]] = set()
         self._resuming: asyncio.Task[None] | None = None
 
     async def ask(self, interaction: discord.Interaction, name: str, force: bool) -> None:
@@ -135,20 +136,7 @@ class Promoter:
         from bot.discord.items import confirm_promote_view
 
         await interaction.response.defer(ephemeral=True, thinking=True)
-        assistant, data = await asyncio.to_thread(
-            self.core.promotions.dataset, actor_of(interaction), name
-        )
-        if assistant.id in self.running:
-            await say(interaction, f"A promotion of **{assistant.name}** is already running.")
-            return
-        train = data.stats.get("train_chats", 0)
-        if train == 0 or (train < MIN_TRAIN_CHATS and not force):
-            await say(
-                interaction,
-                f"**{assistant.name}** has {train} training chats; a promotion needs at least "
-                f"{MIN_TRAIN_CHATS} (add examples or collect conversations, or use force).",
-            )
-            return
+        assistant, data = await self.core.promotions.to_promote(actor_of(interaction), name, force)
         await say(
             interaction,
             dataset_figures(assistant, data.stats),
@@ -156,164 +144,134 @@ class Promoter:
         )
 
     async def begin(self, interaction: discord.Interaction, assistant_id: int, force: bool) -> None:
-        """The confirm button: post the progress message and follow the job in the background."""
+        """The confirm button: post the progress message and run the promotion in the background."""
+        from bot.discord.items import cancel_promotion_view
+
         actor = actor_of(interaction)
-        assistant = await asyncio.to_thread(self.core.assistants.by_id, assistant_id)
-        await asyncio.to_thread(self.core.assistants.get_managed, actor, assistant.name, "promote")
-        if assistant.id in self.running:
-            await say(interaction, f"A promotion of **{assistant.name}** is already running.")
-            return
+        assistant, _ = await self.core.promotions.to_promote(actor, assistant_id, force)
         await interaction.response.edit_message(
             content=f"Promoting **{assistant.name}**: progress is shown below.", view=None
         )
         channel = interaction.channel
         assert isinstance(channel, discord.abc.Messageable)
         progress = Progress(assistant.name)
-        message = await channel.send(progress.render(), allowed_mentions=NO_MENTIONS)
-        self._run(assistant.id, self._follow(actor, assistant.name, force, message, progress))
+        message = await channel.send(
+            progress.render(),
+            allowed_mentions=NO_MENTIONS,
+            view=cancel_promotion_view(assistant),
+        )
+        where = {
+            "frontend": FRONTEND,
+            "channel_id": str(message.channel.id),
+            "message_id": str(message.id),
+        }
+        shown = ThrottledMessage(message, self.bot.progress_interval)
+        promotions = self.core.promotions
+        self._run(
+            assistant.name,
+            shown,
+            progress,
+            functools.partial(
+                promotions.promote,
+                actor,
+                assistant.name,
+                where,
+                force=force,
+                resumable=True,
+                poll_seconds=self.bot.promotion_poll_seconds,
+            ),
+        )
 
-    def _run(self, assistant_id: int, following: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(following)
-        self.running[assistant_id] = task
-        task.add_done_callback(lambda _: self.running.pop(assistant_id, None))
+    async def cancel(self, interaction: discord.Interaction, assistant_id: int) -> None:
+        """The progress message's Cancel button: the core cancels the job (or its evaluation);
+        the progress message then ends saying so."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        actor = actor_of(interaction)
+        promotion = await self.core.promotions.cancel(actor, assistant_id)
+        await say(interaction, f"The promotion (job `{promotion.job_id}`) is {promotion.status}.")
 
     def start_resuming(self) -> None:
         self._resuming = asyncio.create_task(self.resume())
 
     async def resume(self) -> None:
-        """Go on following the promotions this bot was following when it stopped: their
-        progress messages are edited again (the job's events are read again from the start, so
-        the loss curve is whole), and each ends with its evaluation and switch as usual. They go
-        on as the member who started them, with the permissions they had then."""
+        """Go on showing the promotions this bot was following when it stopped: their progress
+        messages are edited again (the job's events are read again from the start, so the loss
+        curve is whole), and each ends with its evaluation and switch as usual."""
         try:
-            followed = await asyncio.to_thread(self.core.promotions.followed, FRONTEND)
+            followed = await self.core.promotions.to_resume(FRONTEND)
         except Exception:
             log.exception("could not read the promotions to resume")
             return
         for promotion, assistant in followed:
             follower = promotion.follower or {}
-            if assistant.id in self.running:
-                continue
             try:
-                actor = Actor(
-                    str(follower["user_id"]),
-                    follower.get("guild_id"),
-                    bool(follower.get("can_manage_guild")),
-                )
                 channel = self.bot.get_partial_messageable(int(follower["channel_id"]))
                 message = channel.get_partial_message(int(follower["message_id"]))
             except (KeyError, TypeError, ValueError):
                 log.warning("promotion %s: its follower %r is unreadable", promotion.id, follower)
                 continue
-            progress = Progress(assistant.name)
-            progress.job_id, progress.status = promotion.job_id, promotion.status
+            progress = Progress(assistant.name, promotion.status, promotion.job_id)
             shown = ThrottledMessage(message, self.bot.progress_interval)
-            force = bool(follower.get("force"))
             log.info("resuming the promotion of %s (job %s)", assistant.name, promotion.job_id)
             self._run(
-                assistant.id,
-                self._see_through(actor, assistant.name, force, shown, progress, promotion.id),
+                assistant.name,
+                shown,
+                progress,
+                functools.partial(
+                    self.core.promotions.resume,
+                    promotion,
+                    poll_seconds=self.bot.promotion_poll_seconds,
+                ),
             )
 
-    async def _follow(
+    def _run(
         self,
-        actor: Actor,
         name: str,
-        force: bool,
-        message: discord.Message,
-        progress: Progress,
-    ) -> None:
-        shown = ThrottledMessage(message, self.bot.progress_interval)
-        started = await self._or_say_why(
-            name, shown, self._start(actor, name, force, message, shown, progress)
-        )
-        if started is not None:
-            await self._see_through(actor, name, force, shown, progress, started)
-
-    async def _start(
-        self,
-        actor: Actor,
-        name: str,
-        force: bool,
-        message: discord.Message,
         shown: ThrottledMessage,
         progress: Progress,
-    ) -> int:
-        """Start the promotion and record where it is followed; its id."""
-        promotion = await self.core.promotions.start(actor, name, force=force)
-        progress.job_id, progress.status = promotion.job_id, promotion.status
-        await shown.show(progress.render())
-        # Recorded, so that a restarted bot goes on following it (`resume`).
-        follower = {
-            "frontend": FRONTEND,
-            "channel_id": str(message.channel.id),
-            "message_id": str(message.id),
-            "user_id": actor.user_id,
-            "guild_id": actor.guild_id,
-            "can_manage_guild": actor.can_manage_guild,
-            "force": force,
-        }
-        await asyncio.to_thread(self.core.promotions.follow_from, promotion.id, follower)
-        return promotion.id
+        promotion: Callable[[OnStep], Coroutine[Any, Any, Promotion]],
+    ) -> None:
+        task = asyncio.create_task(self._show(name, shown, progress, promotion))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
 
-    async def _see_through(
+    async def _show(
         self,
-        actor: Actor,
         name: str,
-        force: bool,
         shown: ThrottledMessage,
         progress: Progress,
-        promotion_id: int,
+        promotion: Callable[[OnStep], Coroutine[Any, Any, Promotion]],
     ) -> None:
-        """Follow the job to its end, evaluate, switch, and show the result; then the
-        promotion is no longer followed. Stopped by the bot closing, it stays followed."""
-        await self._or_say_why(name, shown, self._to_the_end(actor, name, force, shown, progress))
-        try:
-            await asyncio.to_thread(self.core.promotions.follow_from, promotion_id, None)
-        except Exception:
-            log.exception("could not mark the promotion of %s as seen through", name)
+        """Run the promotion, editing its message at each step; it ends with the result, or the
+        reason it stopped. The bot closing stops it and drops the pending edit."""
 
-    async def _or_say_why(
-        self, name: str, shown: ThrottledMessage, step: Coroutine[Any, Any, T]
-    ) -> T | None:
-        """Run one step of a promotion; a refusal or a failure ends its message with the reason
-        (None). The bot closing stops it and drops the pending edit."""
+        async def on_step(step: Step) -> None:
+            progress.add(step)
+            await shown.show(progress.render())
+
         try:
-            return await step
+            ended = await promotion(on_step)
         except FewtuneError as exc:
             await shown.finish(f"**{name}**: the promotion stopped: {exc}")
+            return
         except asyncio.CancelledError:
             shown.cancel()
             raise
         except Exception:
             log.exception("the promotion of %s failed", name)
             await shown.finish(f"**{name}**: {UNEXPECTED}")
-        return None
-
-    async def _to_the_end(
-        self, actor: Actor, name: str, force: bool, shown: ThrottledMessage, progress: Progress
-    ) -> None:
-        promotions = self.core.promotions
-
-        async def on_progress(event: dict[str, Any]) -> None:
-            progress.add(event)
-            await shown.show(progress.render())
-
-        promotion = await promotions.follow(
-            actor, name, on_progress, poll_seconds=self.bot.promotion_poll_seconds
-        )
-        if promotion.status != "succeeded":
-            reason = promotion.error or "no reason given"
-            await shown.finish(
-                f"**{name}**: the fine-tuning job ended {promotion.status}: {reason}"
-            )
             return
-        await on_progress({"status": "evaluating", "message": "Evaluating on held-out chats…"})
-        await promotions.evaluate(actor, name, on_progress)
-        promotion = await asyncio.to_thread(promotions.switch, actor, name, force)
-        png = await asyncio.to_thread(loss_curve_png, progress.history, f"{name}: loss")
+        if ended.status == "cancelled":
+            await shown.finish(f"**{name}**: the promotion was cancelled.")
+            return
+        if ended.status != "succeeded":
+            reason = ended.error or "no reason given"
+            await shown.finish(f"**{name}**: the fine-tuning job ended {ended.status}: {reason}")
+            return
+        # Drawn on the loop: once per promotion, tens of milliseconds.
+        png = loss_curve_png(progress.history, f"{name}: loss")
         file = discord.File(io.BytesIO(png), filename="loss.png") if png else None
-        await shown.finish(self._final(name, promotion), file)
+        await shown.finish(self._final(name, ended), file)
 
     @staticmethod
     def _final(name: str, promotion: Promotion) -> str:
@@ -332,12 +290,12 @@ class Promoter:
         return "\n".join(lines)
 
     async def close(self) -> None:
-        """Stop following (the jobs themselves go on; `/assistant status` reads them, and the
+        """Stop showing (the jobs themselves go on; `/assistant status` reads them, and the
         next start resumes following them)."""
         if self._resuming is not None:
             self._resuming.cancel()
             await asyncio.gather(self._resuming, return_exceptions=True)
-        tasks = list(self.running.values())
+        tasks = list(self.running)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
