@@ -7,10 +7,12 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from assistants import TERMINAL, Core, FewtuneError
@@ -57,8 +59,12 @@ def fail(message: str) -> None:
 
 
 def open_core() -> Core:
+    """The core a command works on: `Core.open()`, or the factory a caller passed as the click
+    context's `obj` (tests hand in one that shares their loaded embedder)."""
+    context = click.get_current_context(silent=True)
+    opener: Callable[[], Core] = (context.obj if context else None) or Core.open
     try:
-        return Core.open()
+        return opener()
     except USER_ERRORS as exc:
         fail(str(exc))
         raise  # unreachable: fail exits

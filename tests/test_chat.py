@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_fixtures import make_tiny_model
 from typer.testing import CliRunner
-
-try:
-    from tests.server_fixtures import make_tiny_model
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_tiny_model
 
 from assistants import TERMINAL, Core, ProviderError
 from assistants.local_server import stop_local_server

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
-
-try:
-    from tests.server_fixtures import make_tiny_model, write_settings
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_tiny_model, write_settings
+from server_fixtures import make_tiny_model, write_settings
 
 from assistants.errors import ProviderError
 from assistants.local_server import LocalServer, ensure_local_server, stop_local_server

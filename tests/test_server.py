@@ -9,17 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
-try:
-    from tests.server_fixtures import (
-        make_adapter,
-        make_tiny_model,
-        running_app,
-        serving,
-        write_settings,
-    )
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_adapter, make_tiny_model, running_app, serving, write_settings
+from server_fixtures import make_adapter, make_tiny_model, running_app, serving, write_settings
 
 from training.engine import ChatEngine, Sampling
 from training.server.app import create_app
