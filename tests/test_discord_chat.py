@@ -180,7 +180,7 @@ async def test_provider_down_says_so_in_the_channel_and_keeps_the_message(world:
     w = world
     await create_assistant(w, w.alice, "helper")
     use_scripted(w, "helper", w.alice)
-    await w.model.stop()
+    w.model.stop()
     ix = await ask(w, w.bob, "anyone home?")
     assert "⚠️" in ix.original.content and "Could not reach" in ix.original.content
     assert not ix.original.ephemeral
