@@ -1,7 +1,7 @@
 """200 users chat at once through the loopback Discord; the model answers after a fixed 1 s.
 
-The real bot (real discord.py client, real Core, real `fewtune serve` with its `echo` model in its
-own process, echo_delay = 1 s) against tests/discord_fake. Every user runs `/chat` at the same
+The real bot (real discord.py client, real Core, the tests' fake model (tests/fake_model.py) in its
+own process, answering "echo: ..." after 1 s) against tests/discord_fake. Every user runs `/chat` at the same
 moment; an answer counts once its feedback buttons are on it (the reply is complete and stored).
 
 Measured: wall time from the first command to the last complete answer (goal: under 1.5 s plus
@@ -48,25 +48,19 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 from discord_fake import FakeDiscord  # noqa: E402
 
 
-def start_echo_server(home: Path, delay: float) -> tuple[subprocess.Popen, str, str]:
-    """`python -m training.serving` with the echo model; returns (process, /v1 url, token)."""
-    home.mkdir(parents=True)
-    (home / "fewtune.toml").write_text(f'[server]\nmodel = "echo"\necho_delay = {delay}\n')
-    env = {**os.environ, "FEWTUNE_HOME": str(home)}
+def start_fake_model(delay: float) -> tuple[subprocess.Popen, str]:
+    """The tests' fake model (tests/fake_model.py), answering after `delay` seconds, in a
+    process of its own; returns (process, /v1 url)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.serving", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, str(ROOT / "tests" / "fake_model.py"), "--delay", str(delay)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    info = home / "server.json"
-    deadline = time.monotonic() + 60
-    while not info.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("fewtune serve did not start")
-        time.sleep(0.1)
-    return process, json.loads(info.read_text())["url"], (home / "server.token").read_text()
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url:
+        raise SystemExit("the fake model did not start")
+    return process, url
 
 
 def cpu_seconds(stat: str | int) -> float:
@@ -251,7 +245,7 @@ async def bench(users: int, delay: float) -> dict[str, float]:
     from bot.discord.endpoints import redirect
 
     work = Path(tempfile.mkdtemp(prefix="fewtune-bench-"))
-    server, url, token = start_echo_server(work / "serve", delay)
+    server, url = start_fake_model(delay)
     driver = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -276,7 +270,7 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         fake = await hear_driver()
         home = work / "home"
         home.mkdir()
-        os.environ["FEWTUNE_BENCH_TOKEN"] = token
+        os.environ["FEWTUNE_BENCH_TOKEN"] = "unused"  # the fake model asks for no key
         (home / "fewtune.toml").write_text(
             f'[providers.fewtune]\nbase_url = "{url}"\napi_key_env = "FEWTUNE_BENCH_TOKEN"\n'
             f'max_retries = 0\n[chat]\ndefault_model = "fewtune:echo"\n'

@@ -7,11 +7,12 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 
 from assistants import TERMINAL, Core, FewtuneError
@@ -59,8 +60,12 @@ def fail(message: str) -> NoReturn:
 
 
 def open_core() -> Core:
+    """The core a command works on: `Core.open()`, or the factory a caller passed as the click
+    context's `obj` (tests hand in one that shares their loaded embedder)."""
+    context = click.get_current_context(silent=True)
+    opener: Callable[[], Core] = (context.obj if context else None) or Core.open
     try:
-        return Core.open()
+        return opener()
     except FewtuneError as exc:
         fail(str(exc))
 

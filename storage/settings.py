@@ -63,7 +63,6 @@ class ServerSettings:
     port: int = 0  # 0: any free port, recorded in FEWTUNE_HOME/server.json
     idle_timeout: float = 900.0  # 0 disables; only servers started on demand stop by themselves
     start_timeout: float = 300.0  # the first start converts the embedded GGUF (about 35 s here)
-    echo_delay: float = 0.0  # seconds the built-in `echo` model waits before answering
     fast_decode: bool = True  # CPU: fewtune's lean decoder for Llama models (else transformers)
     int8_weights: bool = True  # with fast_decode: int8 weights, 4x less memory traffic a token
 

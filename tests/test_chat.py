@@ -3,27 +3,17 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
-
-try:
-    from tests.server_fixtures import make_tiny_model
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_tiny_model
+from fake_model import FakeModel
+from server_fixtures import make_tiny_model
 
 from assistants import TERMINAL, Core, ProviderError
 from assistants.local_server import stop_local_server
-from bot.cli import app
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +22,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def local_core(fewtune_home, tiny_model, embedder, monkeypatch):
+def local_core(fewtune_home, tiny_model, embedder):
     """A core whose `local` provider runs the tiny model; the server is stopped afterwards."""
     (fewtune_home / "fewtune.toml").write_text(
         f'[server]\nmodel = "{tiny_model}"\nidle_timeout = 0\nstart_timeout = 180\n'
         '[chat]\ndefault_model = "local:tiny"\n',
         encoding="utf-8",
     )
-    monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
-    core = Core.open(fewtune_home)
+    core = Core.open(fewtune_home, embedder=embedder)
     core.assistants.create(TERMINAL, "helper", "Answer with the number in digits.", k=2)
     core.examples.import_data(
         TERMINAL,
@@ -54,8 +43,8 @@ def local_core(fewtune_home, tiny_model, embedder, monkeypatch):
     core.close()
 
 
-def test_ask_json_replies_through_the_local_server_and_records_everything(local_core):
-    result = runner.invoke(app, ["ask", "helper", "three", "--json"])
+def test_ask_json_replies_through_the_local_server_and_records_everything(local_core, cli):
+    result = cli("ask", "helper", "three", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert isinstance(data["reply"], str)
@@ -97,44 +86,26 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def core_with_provider(home, embedder, monkeypatch, name: str, port: int, settings: str):
-    """A Core whose assistant `helper` talks to provider `name` on a loopback port."""
+def core_with_provider(home, embedder, name: str, base_url: str, settings: str):
+    """A Core whose assistant `helper` talks to provider `name` at `base_url`."""
     (home / "fewtune.toml").write_text(
-        f'[providers.{name}]\nbase_url = "http://127.0.0.1:{port}/v1"\n{settings}',
-        encoding="utf-8",
+        f'[providers.{name}]\nbase_url = "{base_url}"\n{settings}', encoding="utf-8"
     )
-    monkeypatch.setattr("assistants.core.Embedder", lambda: embedder)
-    core = Core.open(home)
+    core = Core.open(home, embedder=embedder)
     core.assistants.create(TERMINAL, "helper", "Answer.", model=f"{name}:any", k=0)
     return core
 
 
-def event_stream_server(write: Callable[[Any], None]) -> http.server.ThreadingHTTPServer:
-    """A real HTTP server on 127.0.0.1 answering every POST with 200 and server-sent events:
-    `write(wfile)` writes them (or holds the answer back). Shut it down after use."""
-
-    class Events(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            write(self.wfile)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Events)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def closed_url() -> str:
+    return f"http://127.0.0.1:{closed_port()}/v1"
 
 
 def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
-    fewtune_home, embedder, monkeypatch
+    fewtune_home, embedder, cli
 ):
     settings = "max_retries = 1\ntimeout = 5\n"
-    core = core_with_provider(fewtune_home, embedder, monkeypatch, "down", closed_port(), settings)
-    result = runner.invoke(app, ["ask", "helper", "hello"])
+    core = core_with_provider(fewtune_home, embedder, "down", closed_url(), settings)
+    result = cli("ask", "helper", "hello")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "Error: Could not reach provider 'down'; check that it is running and try again."
@@ -156,17 +127,16 @@ def test_a_provider_that_is_down_gets_one_clear_line_and_the_message_is_kept(
     core.close()
 
 
-def test_a_provider_that_never_answers_times_out_with_one_clear_line(
-    fewtune_home, embedder, monkeypatch
-):
+def test_a_provider_that_never_answers_times_out_with_one_clear_line(fewtune_home, embedder, cli):
     """A server that accepts the connection and then says nothing: the timeout bounds the wait."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
         settings = "max_retries = 0\ntimeout = 0.5\n"
-        core = core_with_provider(fewtune_home, embedder, monkeypatch, "mute", port, settings)
-        result = runner.invoke(app, ["ask", "helper", "hello"])
+        url = f"http://127.0.0.1:{port}/v1"
+        core = core_with_provider(fewtune_home, embedder, "mute", url, settings)
+        result = cli("ask", "helper", "hello")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "Error: The model mute:any did not answer in time; try again in a moment."
@@ -174,8 +144,8 @@ def test_a_provider_that_never_answers_times_out_with_one_clear_line(
     core.close()
 
 
-def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core):
-    result = runner.invoke(app, ["chat", "helper"], input="two\n/new\nthree\n/exit\n")
+def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core, cli):
+    result = cli("chat", "helper", input="two\n/new\nthree\n/exit\n")
     assert result.exit_code == 0, result.output
     assert result.stdout.count("helper> ") == 2
     assert "[examples: #" in result.stdout
@@ -185,10 +155,10 @@ def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core):
 
 
 @pytest.mark.slow
-def test_promote_wait_evaluates_switches_downloads_and_rolls_back(local_core, tmp_path):
+def test_promote_wait_evaluates_switches_downloads_and_rolls_back(local_core, cli, tmp_path):
     for i in range(12):
         local_core.examples.add(TERMINAL, "helper", f"number {i} please", str(i))
-    result = runner.invoke(app, ["promote", "helper", "--wait", "--force", "--epochs", "1"])
+    result = cli("promote", "helper", "--wait", "--force", "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert "evaluation on" in result.stdout and "few_shot" in result.stdout
     assert "switched: yes" in result.stdout  # --force switches whatever the scores
@@ -197,16 +167,16 @@ def test_promote_wait_evaluates_switches_downloads_and_rolls_back(local_core, tm
     promotion = local_core.promotions.latest(TERMINAL, "helper")
     assert promotion.status == "succeeded" and promotion.evaluation["items"] >= 1
     # The assistant now answers with its fine-tuned model.
-    asked = runner.invoke(app, ["ask", "helper", "two", "--json"])
+    asked = cli("ask", "helper", "two", "--json")
     assert json.loads(asked.stdout)["model"] == assistant.fine_tuned_model
-    status = runner.invoke(app, ["promote", "status", "helper"])
+    status = cli("promote", "status", "helper")
     assert "succeeded" in status.stdout
     target = tmp_path / "adapter"
-    downloaded = runner.invoke(app, ["adapter", "download", "helper", str(target)])
+    downloaded = cli("adapter", "download", "helper", str(target))
     assert downloaded.exit_code == 0, downloaded.output
     assert (target / "adapter_config.json").is_file()
     assert (target / "adapter_model.safetensors").is_file()
-    back = runner.invoke(app, ["rollback", "helper"])
+    back = cli("rollback", "helper")
     assert back.exit_code == 0 and "local:tiny" in back.stdout
     assert local_core.assistants.get(TERMINAL, "helper").fine_tuned_model is None
 
@@ -220,19 +190,14 @@ async def test_a_stopped_local_server_is_started_again_for_the_next_message(loca
 
 
 def test_a_provider_streaming_something_else_than_chat_chunks_gets_one_clear_line(
-    fewtune_home, embedder, monkeypatch
+    fewtune_home, embedder, cli
 ):
     """An endpoint that answers 200 with server-sent events that are not chat chunks."""
-    server = event_stream_server(
-        lambda out: out.write(b'data: ["not", "a", "chunk"]\n\ndata: [DONE]\n\n')
-    )
-    try:
+    with FakeModel() as model:
+        model.enqueue(raw=b'data: ["not", "a", "chunk"]\n\ndata: [DONE]\n\n')
         settings = "max_retries = 0\ntimeout = 5\n"
-        port = server.server_address[1]
-        core = core_with_provider(fewtune_home, embedder, monkeypatch, "odd", port, settings)
-        result = runner.invoke(app, ["ask", "helper", "hello"])
-    finally:
-        server.shutdown()
+        core = core_with_provider(fewtune_home, embedder, "odd", model.base_url, settings)
+        result = cli("ask", "helper", "hello")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "Error: The provider 'odd' sent a chunk that is not an OpenAI chat chunk."
@@ -241,33 +206,23 @@ def test_a_provider_streaming_something_else_than_chat_chunks_gets_one_clear_lin
 
 
 async def test_when_the_model_calls_process_dies_the_chat_says_so_and_the_next_one_works(
-    fewtune_home, embedder, monkeypatch
+    fewtune_home, embedder
 ):
     """The model calls run in a process of their own (assistants/model_worker.py): killed while
     a reply streams, that reply fails in one sentence and the next message starts a new one."""
+    import asyncio
     import os
     import signal
 
-    asked = threading.Event()
     release = threading.Event()
-
-    def write(out) -> None:
-        if not asked.is_set():
-            asked.set()
-            release.wait(30)  # the first reply never comes while the test runs
-            return
-        chunk = {"choices": [{"index": 0, "delta": {"content": "hello"}}]}
-        out.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
-
-    server = event_stream_server(write)
-    core = core_with_provider(
-        fewtune_home, embedder, monkeypatch, "slow", server.server_address[1], "max_retries = 0\n"
-    )
+    model = FakeModel().start()
+    model.enqueue(hold=release)  # the first reply never comes while the test runs
+    model.enqueue(["hello"])
+    settings = "max_retries = 0\n"
+    core = core_with_provider(fewtune_home, embedder, "slow", model.base_url, settings)
     try:
-        import asyncio
-
         first = asyncio.create_task(core.chat.ask(TERMINAL, "helper", "one"))
-        while not asked.is_set():
+        while not model.history:
             await asyncio.sleep(0.05)
         pid = core.providers.calls_pid
         assert pid is not None and pid != os.getpid()
@@ -279,18 +234,18 @@ async def test_when_the_model_calls_process_dies_the_chat_says_so_and_the_next_o
         assert core.providers.calls_pid not in (None, pid)
     finally:
         release.set()
-        server.shutdown()
+        model.stop()
         await core.providers.close()
         core.close()
 
 
 async def test_the_model_calls_process_starts_once_on_warm_up_and_stops_on_close(
-    fewtune_home, embedder, monkeypatch
+    fewtune_home, embedder
 ):
     import asyncio
     import os
 
-    core = core_with_provider(fewtune_home, embedder, monkeypatch, "any", closed_port(), "")
+    core = core_with_provider(fewtune_home, embedder, "any", closed_url(), "")
     try:
         assert core.providers.calls_pid is None, "started on demand, not with the core"
         await asyncio.gather(core.providers.warm_up(), core.providers.warm_up())

@@ -10,24 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-import assistants.core as core_module
-from bot.cli import app
 
 FEWTUNE = Path(sys.executable).parent / "fewtune"
-
-
-@pytest.fixture
-def cli(embedder, monkeypatch):
-    """Run `fewtune ARGS...` in-process; every Core it opens shares the session's embedder."""
-    monkeypatch.setattr(core_module, "Embedder", lambda: embedder)
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def ok(result) -> str:

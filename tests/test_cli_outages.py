@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_cli are parameters here)
 """The CLI with the example index unreachable: the same one sentence as in Discord
 (tests/test_discord_outages.py), on one line, exit 1, no traceback."""
 
@@ -6,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from test_cli import cli, error_line, ok  # noqa: F401
+from test_cli import error_line, ok
 
 
 def closed_port() -> int:

@@ -1,25 +1,17 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """End to end: the real discord.py client runs the real bot against a loopback Discord
 (tests/discord_fake), with a real Core in a temporary FEWTUNE_HOME and a loopback model."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.harness import running_bot  # noqa: E402
-from discord_fake.world import (  # noqa: E402, F401
+from discord_fake.harness import running_bot
+from discord_fake.world import (
     World,
     answer_to,
     bind,
     conversation_of,
     create_assistant,
-    model,
-    serve_url,
-    world,
 )
 
 

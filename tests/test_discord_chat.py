@@ -1,28 +1,19 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """Discord end to end: feedback, streaming, splitting, 429s, a provider that is down, privacy."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.world import (  # noqa: E402, F401
+from discord_fake.world import (
     World,
     answer_to,
     bind,
     conversation_of,
     create_assistant,
-    model,
-    serve_url,
     stored_messages,
     use_scripted,
     wait_answer,
-    world,
 )
 
-from bot.discord.split import DISCORD_LIMIT  # noqa: E402
+from bot.discord.split import DISCORD_LIMIT
 
 
 async def ask(w: World, user, text: str, assistant: str = "helper", channel=None):
@@ -189,7 +180,7 @@ async def test_provider_down_says_so_in_the_channel_and_keeps_the_message(world:
     w = world
     await create_assistant(w, w.alice, "helper")
     use_scripted(w, "helper", w.alice)
-    await w.model.stop()
+    w.model.stop()
     ix = await ask(w, w.bob, "anyone home?")
     assert "⚠️" in ix.original.content and "Could not reach" in ix.original.content
     assert not ix.original.ephemeral

@@ -1,15 +1,10 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """Discord end to end: examples by modal and by file, assistant export/import, bad input."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.world import World, create_assistant, model, run, serve_url, world  # noqa: E402, F401
+from discord_fake.world import World, create_assistant, run
 
 
 async def import_file(w: World, file: tuple):

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from other test modules are parameters here)
 """Discord end to end with the Chroma server gone mid-session: `/chat` and a mention both answer
 with the index's one sentence (it is a FewtuneError like every user-facing error), never
 "Something went wrong" or silence."""
@@ -6,16 +5,7 @@ with the index's one sentence (it is a FewtuneError like every user-facing error
 from __future__ import annotations
 
 import pytest
-from discord_fake.world import (  # noqa: F401
-    World,
-    bind,
-    create_assistant,
-    model,
-    serve_url,
-    stored_messages,
-    world,
-)
-from test_chroma_server import chroma_server  # noqa: F401
+from discord_fake.world import World, bind, create_assistant
 
 from bot.discord.replies import UNEXPECTED
 

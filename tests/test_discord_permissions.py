@@ -1,15 +1,9 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """Discord end to end: every refusal is one ephemeral sentence, and nobody reaches another
 user's private assistant or another guild's data."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.world import World, create_assistant, model, run, serve_url, world  # noqa: E402, F401
+from discord_fake.world import World, create_assistant, run
 
 
 def refused(ix, *phrases: str) -> None:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """Discord end to end, the owner's side: reviewing corrections, and what /assistant promote,
 status and rollback say before any model is trained (refusals are one ephemeral sentence).
 The full promotion with a real training job is in test_discord_promotion_e2e.py."""
@@ -6,20 +5,8 @@ The full promotion with a real training job is in test_discord_promotion_e2e.py.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.world import (  # noqa: E402, F401
-    World,
-    create_assistant,
-    model,
-    run,
-    serve_url,
-    wait_answer,
-    world,
-)
+from discord_fake.world import World, create_assistant, run, wait_answer
 
 
 def one_sentence(ix, *phrases: str) -> None:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """/assistant promote end to end: the real bot on the loopback Discord, the real Core, and the
 real `fewtune serve` app with a tiny Llama that trains a LoRA adapter for a few steps in its job
 worker. One progress message is edited as the job runs and ends with the evaluation and the loss
@@ -9,17 +8,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.harness import SERVE_TOKEN_ENV  # noqa: E402
-from discord_fake.world import World, create_assistant, model, run, world  # noqa: E402, F401
-from server_fixtures import make_tiny_model, serving, write_settings  # noqa: E402
+from discord_fake.harness import SERVE_TOKEN_ENV
+from discord_fake.world import World, create_assistant, run
+from server_fixtures import make_tiny_model, serving, write_settings
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

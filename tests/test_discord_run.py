@@ -11,10 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake import FakeDiscord  # noqa: E402
+from discord_fake import FakeDiscord
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = (

@@ -7,11 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-try:
-    from tests.server_fixtures import make_adapter, make_tiny_model
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_adapter, make_tiny_model
+from server_fixtures import make_adapter, make_tiny_model
 
 from training.serving.fast_llama import FastLlama, UnsupportedAdapter, supports
 from training.serving.int8_kernels import Int8Weight, kernel

@@ -19,12 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
-try:
-    from tests.server_fixtures import make_tiny_model, serving, write_settings
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_tiny_model, serving, write_settings
-
+from server_fixtures import make_tiny_model, serving, write_settings
 
 TOKEN = "finetune-token-1"
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]

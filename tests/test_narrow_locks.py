@@ -9,7 +9,6 @@ import json
 import time
 
 import pytest
-from discord_fake.harness import EchoModel
 
 from assistants import TERMINAL, Core
 
@@ -17,18 +16,11 @@ IMPORT_SIZE = 5_000
 
 
 @pytest.fixture
-async def echo_model():
-    echo = await EchoModel().start()
-    yield echo
-    await echo.stop()
-
-
-@pytest.fixture
-async def chat_core(fewtune_home, embedder, echo_model):
-    """A core whose `scripted` provider is the loopback EchoModel."""
+async def chat_core(fewtune_home, embedder, model):
+    """A core whose `scripted` provider is the tests' fake model (tests/fake_model.py)."""
     (fewtune_home / "fewtune.toml").write_text(
         "[providers.scripted]\n"
-        f'base_url = "{echo_model.base_url}"\n'
+        f'base_url = "{model.base_url}"\n'
         "max_retries = 0\n"
         "timeout = 30.0\n"
         "[chat]\n"

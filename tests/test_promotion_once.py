@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from discord_fake.world are parameters here)
 """One promotion per assistant, whichever process or frontend starts it (SQLite keeps to it, not
 a process's memory), and cancelling it: the real `fewtune` console script in its own processes,
 the real bot on the loopback Discord with a second Core beside it, both on one FEWTUNE_HOME and
@@ -18,14 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from discord_fake.harness import SERVE_TOKEN_ENV
+from discord_fake.world import World, create_assistant, run
+from server_fixtures import make_tiny_model, serving, write_settings
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from discord_fake.harness import SERVE_TOKEN_ENV  # noqa: E402
-from discord_fake.world import World, create_assistant, model, run, world  # noqa: E402, F401
-from server_fixtures import make_tiny_model, serving, write_settings  # noqa: E402
-
-from assistants import TERMINAL, Actor  # noqa: E402
+from assistants import TERMINAL, Actor
 
 BASE = "fewtune:tiny-llama"
 

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from server_fixtures import make_adapter, make_tiny_model, serving, write_settings
 
-try:
-    from tests.server_fixtures import (
-        make_adapter,
-        make_tiny_model,
-        running_app,
-        serving,
-        write_settings,
-    )
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_adapter, make_tiny_model, running_app, serving, write_settings
-
-from training.serving.app import create_app
 from training.serving.engine import ChatEngine, Sampling
 
 TOKEN = "test-token-123"
-ECHO_DELAY = 0.1
 HELLO = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say hello."},
@@ -40,7 +27,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
     home = tmp_path_factory.mktemp("home")
-    settings = write_settings(home, model=str(tiny_model), echo_delay=ECHO_DELAY)
+    settings = write_settings(home, model=str(tiny_model))
     make_adapter(tiny_model, settings.adapters_path, "ft-tiny:v1")
     with serving(settings, TOKEN) as (base_url, app):
         yield base_url, settings, app.state.engine
@@ -63,10 +50,10 @@ def greedy(client: openai.OpenAI, model: str, max_tokens: int = 12) -> str:
     return reply.choices[0].message.content or ""
 
 
-def test_models_lists_base_echo_and_adapters(client: openai.OpenAI) -> None:
+def test_models_lists_base_and_adapters(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["tiny-llama", "echo", "ft-tiny:v1"]
-    assert client.models.retrieve("echo").id == "echo"
+    assert ids == ["tiny-llama", "ft-tiny:v1"]
+    assert client.models.retrieve("tiny-llama").id == "tiny-llama"
 
 
 def test_chat_non_stream_counts_tokens(client: openai.OpenAI, served) -> None:
@@ -114,11 +101,13 @@ async def test_stream_matches_non_stream_and_reports_usage(
 
 def test_sync_stream_without_usage(client: openai.OpenAI) -> None:
     chunks = list(
-        client.chat.completions.create(model="echo", messages=HELLO, stream=True, max_tokens=50)
+        client.chat.completions.create(
+            model="tiny-llama", messages=HELLO, stream=True, max_tokens=5, temperature=0
+        )
     )
     assert all(c.usage is None for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "echo: Say hello."
+    assert text == greedy(client, "tiny-llama", 5)
 
 
 def test_missing_or_wrong_token_is_401(served) -> None:
@@ -132,18 +121,18 @@ def test_missing_or_wrong_token_is_401(served) -> None:
         assert error["message"].endswith(".")
     bad = openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        bad.chat.completions.create(model="echo", messages=HELLO)
+        bad.chat.completions.create(model="tiny-llama", messages=HELLO)
 
 
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        ({"model": "echo"}, "messages"),
-        ({"model": "echo", "messages": []}, "messages"),
-        ({"model": "echo", "messages": HELLO, "temperature": 7}, "temperature"),
-        ({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
-        ({"model": "echo", "messages": HELLO, "n": 3}, "n=1"),
-        ({"model": "echo", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"model": "tiny-llama"}, "messages"),
+        ({"model": "tiny-llama", "messages": []}, "messages"),
+        ({"model": "tiny-llama", "messages": HELLO, "temperature": 7}, "temperature"),
+        ({"model": "tiny-llama", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
+        ({"model": "tiny-llama", "messages": HELLO, "n": 3}, "n=1"),
+        ({"model": "tiny-llama", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
     ],
 )
 def test_bad_body_is_400_with_one_sentence(served, body: dict, words: str) -> None:
@@ -170,7 +159,7 @@ def test_unknown_model_is_404_listing_served(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-9", messages=HELLO)
     message = caught.value.body["message"]  # type: ignore[index]
-    assert "gpt-9" in message and "tiny-llama" in message and "echo" in message
+    assert "gpt-9" in message and "tiny-llama" in message and "ft-tiny:v1" in message
 
 
 @pytest.mark.parametrize(
@@ -211,38 +200,6 @@ def test_republished_adapter_is_reloaded(client: openai.OpenAI, served, tiny_mod
     time.sleep(0.01)  # a new mtime for the weights file
     make_adapter(tiny_model, settings.adapters_path, "ft-tiny:v2", seed=3)
     assert greedy(client, "ft-tiny:v2") != first
-
-
-async def test_echo_waits_its_delay_without_blocking(tmp_path: Path) -> None:
-    delay = 1.0
-    settings = write_settings(tmp_path / "echo-home", model="echo", echo_delay=delay)
-    with running_app(create_app(settings, TOKEN)) as base_url:
-        client = openai.AsyncOpenAI(base_url=base_url, api_key=TOKEN, max_retries=0)
-
-        async def one(i: int) -> str:
-            reply = await client.chat.completions.create(
-                model="echo", messages=[{"role": "user", "content": f"ping {i}"}]
-            )
-            return reply.choices[0].message.content or ""
-
-        started = time.monotonic()
-        answers = await asyncio.gather(*(one(i) for i in range(5)))
-        elapsed = time.monotonic() - started
-    assert answers == [f"echo: ping {i}" for i in range(5)]
-    assert delay <= elapsed < 4 * delay  # five delays overlapped; in turn they would take 5 s
-
-
-async def test_echo_streams_in_chunks_and_honours_stop(aclient: openai.AsyncOpenAI) -> None:
-    message = [{"role": "user", "content": "one two three four five six seven eight"}]
-    stream = await aclient.chat.completions.create(model="echo", messages=message, stream=True)
-    contents = [c.choices[0].delta.content async for c in stream if c.choices]
-    assert len([c for c in contents if c]) >= 3
-    assert "".join(c or "" for c in contents) == "echo: " + message[0]["content"]
-    reply = await aclient.chat.completions.create(model="echo", messages=message, stop=[" four"])
-    assert reply.choices[0].message.content == "echo: one two three"
-    reply = await aclient.chat.completions.create(model="echo", messages=message, max_tokens=3)
-    assert reply.choices[0].message.content == "echo: one two"
-    assert reply.choices[0].finish_reason == "length"
 
 
 def test_stop_string_cuts_real_generation(client: openai.OpenAI) -> None:

@@ -9,11 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-try:
-    from tests.server_fixtures import make_tiny_model
-except ImportError:  # tests/ is not a package: pytest put its folder on sys.path
-    from server_fixtures import make_tiny_model
+from server_fixtures import make_tiny_model
 
 from training.trainer import TrainConfig, TrainError, train
 from training.trainer.chat_data import IGNORE_INDEX, DatasetError, tokenize_chat

@@ -1,144 +1,28 @@
-"""Running the real bot against FakeDiscord, and a loopback OpenAI-compatible model to answer.
-
-Chat goes to the real `fewtune serve` app with its built-in `echo` model (`real_echo_server`).
-`EchoModel` is for what that cannot do: a reply a test writes (long, with code, with mentions),
-a chosen pace of chunks, a provider that goes down. It speaks the OpenAI chat-completions wire
-format, so the core's openai client talks to it unchanged.
-"""
+"""Running the real bot against FakeDiscord, with the fake model (tests/fake_model.py) as its
+providers: it speaks the OpenAI chat-completions wire format, so the core's openai client talks
+to it unchanged."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import secrets
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from fake_model import FakeModel
 
 from .server import FakeDiscord
-
-
-class EchoModel:
-    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that echoes the last message."""
-
-    def __init__(self, delay: float = 0.0, chunk_delay: float = 0.0, reply: str | None = None):
-        self.delay = delay
-        self.chunk_delay = chunk_delay
-        self.reply = reply  # a fixed answer instead of the echo
-        self.requests: list[dict] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def start(self) -> EchoModel:
-        app = web.Application()
-        app.add_routes([web.post("/v1/chat/completions", self._chat)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def answer_to(self, body: dict) -> str:
-        if self.reply is not None:
-            return self.reply
-        last = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
-        return f"echo: {last}"
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        await asyncio.sleep(self.delay)
-        text = self.answer_to(body)
-        created = int(time.time())
-        if not body.get("stream"):
-            return web.json_response(
-                {
-                    "id": "chatcmpl-echo",
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": text},
-                        }
-                    ],
-                }
-            )
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-
-        async def event(data: dict[str, Any]) -> None:
-            await response.write(f"data: {json.dumps(data)}\n\n".encode())
-
-        base = {
-            "id": "chatcmpl-echo",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body["model"],
-        }
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == 0 else " " + word
-            await event(
-                {
-                    **base,
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-                }
-            )
-            if self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
-        await event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        usage = {
-            "prompt_tokens": 10,
-            "completion_tokens": len(words),
-            "total_tokens": 10 + len(words),
-        }
-        await event({**base, "choices": [], "usage": usage})
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
 
 SERVE_TOKEN_ENV = "FEWTUNE_TEST_SERVE_TOKEN"
 
 
-@contextmanager
-def real_echo_server(home: Path, echo_delay: float = 0.0) -> Iterator[str]:
-    """The real `fewtune serve` app (model `echo`, no weights) under uvicorn in a thread;
-    yields its /v1 base URL. Its bearer token is in $FEWTUNE_TEST_SERVE_TOKEN."""
-    from server_fixtures import running_app
-
-    from storage.settings import ServerSettings, Settings
-    from training.serving.app import create_app
-
-    token = os.environ.setdefault(SERVE_TOKEN_ENV, secrets.token_urlsafe(16))
-    home.mkdir(parents=True, exist_ok=True)
-    settings = Settings(home=home, server=ServerSettings(model="echo", echo_delay=echo_delay))
-    with running_app(create_app(settings, token)) as base_url:
-        yield base_url
-
-
 def write_provider_settings(
-    home: Path, serve_url: str, scripted: EchoModel, rate_limit: int = 1000
+    home: Path, serve_url: str, scripted: FakeModel, rate_limit: int = 1000
 ) -> None:
-    """fewtune.toml: provider `fewtune` is the real server (default model `fewtune:echo`);
-    provider `scripted` is the EchoModel, for replies a test writes itself. No retries."""
+    """fewtune.toml: provider `fewtune` (the default model `fewtune:echo`) is `serve_url`: the
+    fake model, or the real `fewtune serve` where a test needs it; provider `scripted` is always
+    the fake model. No retries."""
     (home / "fewtune.toml").write_text(
         "[providers.fewtune]\n"
         f'base_url = "{serve_url}"\n'

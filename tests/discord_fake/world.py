@@ -1,15 +1,20 @@
 """The world of a Discord end-to-end test: a FakeDiscord with two guilds and users, the real
-bot connected to it, a real Core in the test's FEWTUNE_HOME, and a loopback model."""
+bot connected to it, a real Core in the test's FEWTUNE_HOME, and the fake model answering.
+A pytest plugin (tests/conftest.py names it): test files take `world`, `model` and `serve_url`
+as parameters."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from fake_model import FakeModel
 
-from .harness import EchoModel, real_echo_server, running_bot, write_provider_settings
+from .harness import SERVE_TOKEN_ENV, running_bot, write_provider_settings
 from .records import MANAGE_GUILD, Channel, Guild, Interaction, Message, User
 from .server import FakeDiscord
 
@@ -19,7 +24,7 @@ class World:
     fake: FakeDiscord
     bot: Any
     core: Any
-    model: EchoModel
+    model: FakeModel
     owner: User
     alice: User
     bob: User
@@ -38,16 +43,18 @@ class World:
 
 
 @pytest.fixture
-async def model():
-    echo = await EchoModel().start()
-    yield echo
-    await echo.stop()
+def model():
+    """The fake model (tests/fake_model.py): echoes, or answers what a test queued."""
+    with FakeModel() as fake:
+        yield fake
 
 
 @pytest.fixture
-def serve_url(tmp_path):
-    with real_echo_server(tmp_path / "serve-home") as url:
-        yield url
+def serve_url(model):
+    """Provider `fewtune`'s /v1 URL: the fake model here; a test module that needs the real
+    `fewtune serve` overrides this fixture (its bearer token is $FEWTUNE_TEST_SERVE_TOKEN)."""
+    os.environ.setdefault(SERVE_TOKEN_ENV, secrets.token_urlsafe(16))
+    return model.base_url
 
 
 @pytest.fixture
@@ -161,7 +168,7 @@ async def answer_to(w: World, message: Message, what: str = "the answer") -> Mes
 
 
 def use_scripted(w: World, name: str, owner: User) -> None:
-    """Make assistant `name` answer from the scripted EchoModel (w.model)."""
+    """Make assistant `name` answer from provider `scripted`, the fake model (w.model)."""
     w.core.assistants.edit(w.bot_actor(owner), name, model="scripted:echo")
 
 

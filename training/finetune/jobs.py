@@ -126,8 +126,6 @@ def _training_file(request: Request, file_id: str | None, param: str) -> dict[st
 @router.post("")
 async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
-    if engine.echo_only:
-        raise APIError(400, "This server has no base model to fine-tune (it serves only echo).")
     if public_name(body.model) != engine.base_model and body.model != engine.base_name:
         raise APIError(
             400,

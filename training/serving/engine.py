@@ -1,4 +1,4 @@
-"""ChatEngine: one base model in memory, LoRA adapters switched per request, and `echo`.
+"""ChatEngine: one base model in memory, LoRA adapters switched per request.
 
 - The base model loads once (fp32 on CPU, bf16 on CUDA). Adapters under
   `settings.adapters_path/<name>/` (PEFT format) load with peft on first use and are switched per
@@ -6,10 +6,6 @@
   weights file changed) is loaded again.
 - Generation runs in one worker thread, one request at a time, so the event loop never blocks and
   requests never fight over the CPU; tokens are streamed to the caller as they are produced.
-- `echo` needs no weights: it answers "echo: <last user message>" after
-  `settings.server.echo_delay` seconds, in a few chunks. Tests and benchmarks use it as an
-  instant or fixed-latency model behind the real server. A server whose base model is "echo"
-  loads nothing at all (and never imports torch).
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from training.served_adapters import adapter_dir, list_adapters
 
 log = logging.getLogger(__name__)
 
-ECHO_MODEL = "echo"
 DEFAULT_MAX_TOKENS = 512
 
 
@@ -108,13 +103,12 @@ _DONE = object()
 
 
 class ChatEngine:
-    """Serves chat completions for one base model, its adapters, and `echo`."""
+    """Serves chat completions for one base model and its adapters."""
 
     def __init__(self, settings: Settings, model: str | None = None) -> None:
         self.settings = settings
         self.base_name = model if model is not None else settings.server.model
-        self.echo_only = self.base_name.strip().lower() == ECHO_MODEL
-        self.base_model = ECHO_MODEL if self.echo_only else public_name(self.base_name)
+        self.base_model = public_name(self.base_name)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="fewtune-gen", initializer=self._mark_thread
         )
@@ -134,26 +128,21 @@ class ChatEngine:
     # -- models -------------------------------------------------------------------------
 
     def model_ids(self) -> list[str]:
-        """Every model id served: the base model, `echo`, then each adapter."""
-        if self.echo_only:
-            return [ECHO_MODEL]
-        return [self.base_model, ECHO_MODEL, *list_adapters(self.settings.adapters_path)]
+        """Every model id served: the base model, then each adapter."""
+        return [self.base_model, *list_adapters(self.settings.adapters_path)]
 
     def resolve(self, model: str) -> str:
         """The canonical id for `model`, or UnknownModelError naming what is served."""
-        if model == ECHO_MODEL or model == self.base_model:
+        if model in (self.base_model, self.base_name) or public_name(model) == self.base_model:
+            return self.base_model
+        if adapter_dir(self.settings.adapters_path, model) is not None:
             return model
-        if not self.echo_only:
-            if model == self.base_name or public_name(model) == self.base_model:
-                return self.base_model
-            if adapter_dir(self.settings.adapters_path, model) is not None:
-                return model
         served = ", ".join(self.model_ids())
         raise UnknownModelError(f"Model {model!r} is not served here; served models: {served}.")
 
     @property
     def loaded(self) -> bool:
-        return self.echo_only or self._model is not None
+        return self._model is not None
 
     def _mark_thread(self) -> None:
         self._generation_thread = threading.get_ident()
@@ -166,8 +155,6 @@ class ChatEngine:
         threads had one there were more OpenMP threads than cores on a 2-core machine, libgomp
         stopped spinning between parallel regions, and the int8 kernel ran 3x slower (decoding
         at 2 threads fell below 1 thread's speed; bench/decode_speed.py)."""
-        if self.echo_only:
-            return
         if threading.get_ident() == self._generation_thread:
             self._load()
         else:
@@ -233,8 +220,6 @@ class ChatEngine:
         model_id = self.resolve(model)
         if not messages:
             raise EngineError("messages must hold at least one message.")
-        if model_id == ECHO_MODEL:
-            return PreparedChat(ECHO_MODEL, tuple(messages), sampling)
         loop = asyncio.get_running_loop()
         # Tokenizing runs in the generation thread too: the tokenizer is not shared across threads.
         ids = await loop.run_in_executor(self._executor, self._prompt_ids, messages)
@@ -247,10 +232,6 @@ class ChatEngine:
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[ChatDelta]:
         """Yield the answer as it is generated; the last delta carries finish_reason and usage."""
-        if chat.model == ECHO_MODEL:
-            async for delta in self._echo(chat):
-                yield delta
-            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
@@ -294,32 +275,6 @@ class ChatEngine:
     ) -> ChatResult:
         """prepare + complete in one call (for Python callers and tests)."""
         return await self.complete(await self.prepare(model, messages, sampling or Sampling()))
-
-    # -- echo ---------------------------------------------------------------------------
-
-    async def _echo(self, chat: PreparedChat) -> AsyncIterator[ChatDelta]:
-        last_user = next(
-            (m["content"] for m in reversed(chat.messages) if m.get("role") == "user"), ""
-        )
-        text = f"echo: {last_user}"
-        finish = "stop"
-        for stop in chat.sampling.stop:
-            if stop and stop in text:
-                text = text[: text.index(stop)]
-        words = text.split(" ")
-        limit = chat.sampling.max_tokens
-        if limit is not None and len(words) > limit:
-            words, finish = words[:limit], "length"
-        if self.settings.server.echo_delay > 0:
-            await asyncio.sleep(self.settings.server.echo_delay)
-        # One "token" per word, so usage is predictable; sent in up to four chunks.
-        pieces = [w + " " for w in words[:-1]] + words[-1:]
-        size = max(1, -(-len(pieces) // 4))
-        for start in range(0, len(pieces), size):
-            yield ChatDelta("".join(pieces[start : start + size]))
-            await asyncio.sleep(0)
-        prompt = sum(len(m.get("content", "").split()) for m in chat.messages)
-        yield ChatDelta("", finish, Usage(prompt, len(words)))
 
     # -- generation (worker thread) -------------------------------------------------------
 
