@@ -30,7 +30,6 @@ class LiveReply:
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
         self._last: float | None = None  # when the text was last shown, or streaming began
-        self.renders = 0
 
     async def update(self, text: str) -> None:
         """Show the text so far once `interval` has passed since it was last shown, or since the
@@ -44,7 +43,6 @@ class LiveReply:
 
     async def render(self, text: str, view: discord.ui.View | None = None) -> None:
         self._last = time.monotonic()
-        self.renders += 1
         parts = split_message(text) or [PLACEHOLDER]
         for i, part in enumerate(parts):
             last_view = view if i == len(parts) - 1 else None
