@@ -38,7 +38,7 @@ class Core:
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
         self.db = open_db(settings.db_path)
-        self.lock = threading.RLock()  # multi-step writes, one at a time (SQLite serialises the rest)
+        self.lock = threading.RLock()  # multi-step writes, one at a time
         self.embedder = embedder or Embedder()
         self._index: ExampleIndex | None = None
         self._index_lock = threading.Lock()
