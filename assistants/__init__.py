@@ -16,6 +16,7 @@ from assistants.errors import (
     ProviderError,
 )
 from assistants.examples import Example, ImportResult
+from assistants.origin import NoAssistant, Origin
 
 __all__ = [
     "TERMINAL",
@@ -30,7 +31,9 @@ __all__ = [
     "ImportResult",
     "InvalidInput",
     "LimitExceeded",
+    "NoAssistant",
     "NotFound",
+    "Origin",
     "PermissionDenied",
     "ProviderError",
     "Reply",

@@ -1,11 +1,11 @@
-"""One message's way through the core: store it, embed it, select examples, build the prompt,
-stream the reply from the assistant's model, store the reply with what produced it.
+"""One message's way through the core: find which conversation it continues (from its Origin),
+store it, embed it, select examples, build the prompt, stream the reply from the assistant's
+model, store the reply with what produced it; then link what the frontend posted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import threading
@@ -19,10 +19,18 @@ from sqlite_utils import Database
 
 from assistants.actor import Actor
 from assistants.assistant import Assistant, Assistants, is_visible, now
-from assistants.errors import InvalidInput, NotFound, PermissionDenied, ProviderError
+from assistants.errors import (
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    ProviderError,
+)
 from assistants.examples import Example, Examples
+from assistants.origin import NoAssistant, Origin
 from assistants.prompt import PromptTooLong, build_prompt
 from assistants.providers import ModelRef, Providers
+from assistants.ratelimit import UserRateLimiter, slow_down
 from assistants.selection import select
 from storage.db import insert_row
 from storage.index import ExampleIndex
@@ -59,6 +67,7 @@ class Reply:
     completion_tokens: int | None = None
     latency_ms: float = 0.0
     overhead_ms: float = 0.0  # the core's own time: store, embed, select, build, record
+    error: str | None = None  # the provider failed: its sentence; `text` is what came before
 
 
 @dataclass
@@ -84,8 +93,17 @@ class Prepared:
     trimmed: dict[str, int]
 
 
+@dataclass(frozen=True)
+class Opening:
+    """A conversation to start for a message, once the message is accepted."""
+
+    assistant: Assistant
+    channel_id: str | None
+    thread_id: str | None
+    frontend: str
+
+
 OnDelta = Callable[[str], Awaitable[None]]
-ConversationRef = int | Callable[[], Conversation]  # an id, or a function finding or starting one
 
 
 class Chat:
@@ -217,6 +235,25 @@ class Chat:
                 [(str(external_id), message_id) for external_id in external_ids],
             )
 
+    async def posted(
+        self, reply: Reply, message_ids: list[str], *, thread_id: str | None = None
+    ) -> None:
+        """Link what the frontend posted for a reply, in one trip: every part of it (so replying
+        to any part continues the conversation) and the thread it opened on it, if any."""
+        await self._in_thread(self._posted, reply, message_ids, thread_id)
+
+    def _posted(self, reply: Reply, message_ids: list[str], thread_id: str | None) -> None:
+        with self.lock, self.db.conn:
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO external_ids (external_id, message_id) VALUES (?, ?)",
+                [(str(external_id), reply.message_id) for external_id in message_ids],
+            )
+            if thread_id is not None:
+                self.db.execute(
+                    "UPDATE conversations SET thread_id = ? WHERE id = ?",
+                    [thread_id, reply.conversation_id],
+                )
+
     def _drop_if_empty(self, conversation_id: int) -> None:
         with self.lock, self.db.conn:
             self.db.execute(
@@ -283,12 +320,95 @@ class Chat:
             [user_id, assistant_id, now()],
         )
 
+    # -- which conversation ---------------------------------------------------------------------
+
+    def resolve(self, actor: Actor, origin: Origin) -> Conversation | Opening | None:
+        """The conversation a message continues, or the one it opens; None when it is not for
+        fewtune. The rules, in order:
+
+        1. A conversation named by id (the terminal's chat) goes on.
+        2. An assistant named by the user (`/chat NAME`) answers: in a thread, continuing the
+           thread's conversation when it is with that assistant, else in a new one.
+        3. A reply continues the conversation of the message it replies to (a reply chain is
+           one conversation), found also through what that answer answered.
+        4. In a DM the user's last-used assistant answers, continuing the DM's latest
+           conversation with it (kept in SQLite, so a restart continues it).
+        5. In a thread opened on an answer, every message is a follow-up (found by the answer's
+           id too: the thread's own id may not be stored yet).
+        6. Anything else must address fewtune; the channel's (or thread's parent's) bound
+           assistant then answers in a new conversation.
+        """
+        if origin.conversation_id is not None:
+            return self.conversation(origin.conversation_id)
+        if origin.assistant is not None:
+            assistant = self.assistants.get(actor, origin.assistant)
+            if origin.thread_id is not None:
+                current = self.conversation_for_thread(origin.thread_id)
+                if current is not None and current.assistant_id == assistant.id:
+                    return current
+            # In a DM the channel is kept, so the DM's next plain message continues this chat.
+            channel_id = origin.parent_id if origin.thread_id is not None else origin.channel_id
+            return Opening(assistant, channel_id, origin.thread_id, origin.frontend)
+        if origin.replies_to is not None:
+            continued = self.conversation_for_message(origin.replies_to)
+            if continued is None and origin.answer_to is not None:
+                continued = self.conversation_for_message(origin.answer_to)
+            if continued is not None:
+                return continued
+        if origin.dm:
+            return self._in_dm(actor, origin)
+        if origin.thread_id is not None:
+            in_thread = self.conversation_for_thread(
+                origin.thread_id
+            ) or self.conversation_for_message(origin.thread_id)
+            if in_thread is not None:
+                return in_thread
+        if not origin.addressed:
+            return None
+        bound = self.bound(origin.channel_id) if origin.channel_id else None
+        if bound is None and origin.parent_id is not None:
+            bound = self.bound(origin.parent_id)
+        if bound is None:
+            raise NoAssistant(dm=False)
+        if not is_visible(actor, bound):
+            raise NotFound("That assistant is not available here.")
+        return Opening(bound, origin.channel_id, origin.thread_id, origin.frontend)
+
+    def _in_dm(self, actor: Actor, origin: Origin) -> Conversation | Opening:
+        last = self.last_assistant(actor)
+        if last is None:
+            raise NoAssistant(dm=True)
+        if origin.channel_id is not None:
+            current = self.conversation_for_channel(origin.channel_id, last.id, actor.user_id)
+            if current is not None:
+                return current
+        return Opening(last, origin.channel_id, None, origin.frontend)
+
     # -- one message ---------------------------------------------------------------------------
 
+    def _begin(
+        self, actor: Actor, origin: Origin, text: str, limiter: UserRateLimiter | None
+    ) -> Prepared | None:
+        """Everything before the model, in one trip to the core's threads."""
+        found = self.resolve(actor, origin)
+        if found is None:
+            return None
+        if not text.strip() and origin.assistant is None and origin.conversation_id is None:
+            return None  # a bare mention: nothing to answer
+        wait = limiter.hit(actor.user_id) if limiter is not None else 0.0
+        if wait:
+            raise LimitExceeded(slow_down(wait))
+        return self.prepare(actor, found, text, origin.external_id)
+
     def prepare(
-        self, actor: Actor, conversation: ConversationRef, text: str, external_id: str | None = None
+        self,
+        actor: Actor,
+        conversation: int | Conversation | Opening,
+        text: str,
+        external_id: str | None = None,
     ) -> Prepared:
-        """Store the user's message and build the prompt (synchronous; runs in a thread)."""
+        """Store the user's message and build the prompt (synchronous; runs in a thread).
+        An Opening starts its conversation here, and drops it if the message is refused."""
         text = text.strip()
         if not text:
             raise InvalidInput("The message is empty.")
@@ -296,7 +416,18 @@ class Chat:
             raise InvalidInput(
                 f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE:,}."
             )
-        found = self.conversation(conversation) if isinstance(conversation, int) else conversation()
+        if isinstance(conversation, int):
+            found = self.conversation(conversation)
+        elif isinstance(conversation, Opening):
+            found = self._start(
+                actor,
+                conversation.assistant,
+                conversation.channel_id,
+                conversation.thread_id,
+                conversation.frontend,
+            )
+        else:
+            found = conversation
         conversation_id = found.id
         assistant = self.assistants.by_id(found.assistant_id)
         if not is_visible(actor, assistant):
@@ -309,7 +440,7 @@ class Chat:
         try:
             composed = self.compose(assistant, history, text, seed=found.seed)
         except InvalidInput:
-            if not isinstance(conversation, int) and not history:
+            if isinstance(conversation, Opening):
                 self._drop_if_empty(conversation_id)  # started for this message: nothing stays
             raise
         # Stored only once the prompt is known to fit, so a refused message leaves nothing behind.
@@ -419,23 +550,28 @@ class Chat:
         with self.lock, self.db.conn:
             return insert_row(self.db, "messages", row)
 
-    async def reply(
+    async def answer(
         self,
         actor: Actor,
-        conversation: ConversationRef,
+        origin: Origin,
         text: str,
         *,
         on_delta: OnDelta | None = None,
-        external_id: str | None = None,
-    ) -> Reply:
-        """Answer a message in a conversation, streaming through on_delta(text so far).
+        limiter: UserRateLimiter | None = None,
+    ) -> Reply | None:
+        """Answer a message from `origin`, streaming through on_delta(text so far): find its
+        conversation (`resolve`), store it, build the prompt, call the model, store the reply.
+        None when the message is not for fewtune. A provider failure is stored and returned
+        as the reply's `error` (the frontend shows it where everyone waiting sees it); any
+        other refusal raises its FewtuneError before anything is streamed. `limiter`, the
+        frontend's per-user limit, is hit only once the message is known to be answered.
 
-        `conversation` is its id, or a function that finds or starts it: a frontend with rules
-        of its own (Discord's threads and channels) has it run on the core's threads with the
-        rest of the message's work, one trip instead of two (under a burst of messages each
-        trip queued for a thread: bench/discord_load.py)."""
+        The work before the model runs in one trip to the core's threads: under a burst of
+        messages each trip queues for a thread (bench/discord_load.py)."""
         started = time.perf_counter()
-        prepared = await self._in_thread(self.prepare, actor, conversation, text, external_id)
+        prepared = await self._in_thread(self._begin, actor, origin, text, limiter)
+        if prepared is None:
+            return None
         overhead = time.perf_counter() - started
         assistant = prepared.assistant
         model = ModelRef.parse(assistant.active_model)
@@ -457,27 +593,22 @@ class Chat:
                     if on_delta is not None:
                         await on_delta("".join(parts))
         except ProviderError as exc:
-            await self._in_thread(
-                self.record,
-                prepared,
-                actor,
-                {
-                    "content": "".join(parts),
-                    "status": "error",
-                    "error": str(exc),
-                    "model": str(model),
-                },
-            )
-            raise
+            error: str | None = str(exc)
+            fields: dict[str, Any] = {
+                "content": "".join(parts),
+                "status": "error",
+                "error": error,
+                "model": str(model),
+            }
+        else:
+            error = None
+            fields = {"content": "".join(parts).strip(), "model": str(model), **usage}
         latency = (time.perf_counter() - model_started) * 1000
+        if error is None:
+            fields["latency_ms"] = latency
         reply_text = "".join(parts).strip()
         record_started = time.perf_counter()
-        message_id = await self._in_thread(
-            self.record,
-            prepared,
-            actor,
-            {"content": reply_text, "model": str(model), "latency_ms": latency, **usage},
-        )
+        message_id = await self._in_thread(self.record, prepared, actor, fields)
         overhead += time.perf_counter() - record_started
         return Reply(
             text=reply_text,
@@ -493,10 +624,32 @@ class Chat:
             completion_tokens=usage["completion_tokens"],
             latency_ms=latency,
             overhead_ms=overhead * 1000,
+            error=error,
         )
 
-    async def ask(self, actor: Actor, name: str, text: str, **kwargs: Any) -> Reply:
-        """One message in a new conversation."""
-        start = functools.partial(self.start, frontend=kwargs.pop("frontend", "cli"))
-        conversation = await self._in_thread(start, actor, name)
-        return await self.reply(actor, conversation.id, text, **kwargs)
+    async def reply(
+        self,
+        actor: Actor,
+        conversation_id: int,
+        text: str,
+        *,
+        on_delta: OnDelta | None = None,
+        external_id: str | None = None,
+    ) -> Reply:
+        """Answer a message in a known conversation; a provider failure raises ProviderError."""
+        origin = Origin(conversation_id=conversation_id, external_id=external_id)
+        return _succeeded(await self.answer(actor, origin, text, on_delta=on_delta))
+
+    async def ask(
+        self, actor: Actor, name: str, text: str, *, frontend: str = "cli", **kwargs: Any
+    ) -> Reply:
+        """One message in a new conversation; a provider failure raises ProviderError."""
+        origin = Origin(frontend=frontend, assistant=name)
+        return _succeeded(await self.answer(actor, origin, text, **kwargs))
+
+
+def _succeeded(reply: Reply | None) -> Reply:
+    assert reply is not None, "a named conversation or assistant always answers"
+    if reply.error is not None:
+        raise ProviderError(reply.error)
+    return reply

@@ -1,7 +1,9 @@
 """The one door to the models: every chat goes through the `openai` client to an
 OpenAI-compatible endpoint. `local` is fewtune's own server on loopback, started on demand;
-other providers come from fewtune.toml (or are built in, like `openai`). Chats stream through
-the client in the model calls' own process (assistants/model_worker.py), off the bot's GIL.
+other providers come from fewtune.toml (or are built in, like `openai`). How chats travel is
+the providers' own setting (`[chat] model_transport`), invisible to their callers: through the
+client in the model calls' own process (assistants/model_worker.py, off the bot's GIL; the
+default) or through the client on the providers' model loop in this process ("inline").
 
 Failures become ProviderError with one clear sentence. Retries are the openai client's own
 (bounded, exponential backoff, honouring Retry-After); timeouts bound every wait.
@@ -13,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +86,7 @@ class Providers:
 
     async def client(self, name: str) -> openai.AsyncOpenAI:
         """An openai client for provider `name` on the running loop (the fine-tuning API and
-        files; chats go through the model calls' process, `stream_chat`)."""
+        files, and the inline transport's chats on the model loop)."""
         base_url, key, config = await self._endpoint(name)
         # One client per event loop: an AsyncOpenAI's connection pool belongs to its loop.
         cache_key = (f"{name}|{base_url}|{key}", id(asyncio.get_running_loop()))
@@ -106,6 +108,8 @@ class Providers:
     async def warm_up(self) -> None:
         """Start the model calls' process now rather than on the first chat, which it would
         hold up by about a second (it imports the openai client)."""
+        if self.settings.chat.model_transport == "inline":
+            return  # nothing to start: the client is made on the first chat
         loop = self._model_loop()
 
         async def start() -> None:
@@ -213,8 +217,7 @@ class Providers:
         temperature: float,
         max_tokens: int | None,
     ) -> AsyncIterator[Chunk]:
-        """Stream through the model calls' process (assistants/model_worker.py), which runs the
-        openai client beside the bot instead of in its GIL; runs on the model loop."""
+        """Stream by the configured transport; runs on the model loop."""
         body: dict[str, Any] = {
             "model": model.model,
             "messages": messages,
@@ -224,6 +227,47 @@ class Providers:
         }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        transport = self._inline if self.settings.chat.model_transport == "inline" else self._piped
+        async with contextlib.aclosing(transport(model, body)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _inline(self, model: ModelRef, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+        """Stream through the openai client here, on the model loop."""
+        import openai
+
+        for attempt in (1, 2):
+            client = await self.client(model.provider)
+            try:
+                # `client.post` with the body as JSON, chunks as parsed JSON (`object`), as
+                # the model calls' process does: one parse per chunk, not a pydantic model.
+                stream = await client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=object,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[object],
+                )
+                async for event in stream:
+                    try:
+                        chunk = parse_chunk(event)
+                    except (TypeError, AttributeError, IndexError, KeyError, ValueError) as exc:
+                        raise ProviderError(NOT_A_CHUNK.format(model.provider)) from exc
+                    yield chunk
+                return
+            except openai.APIConnectionError as exc:
+                if model.provider == LOCAL and attempt == 1:
+                    self._local = None  # find or start the local server again, then retry once
+                    continue
+                raise ProviderError(describe(model, exc)) from exc
+            except ProviderError:
+                raise
+            except Exception as exc:  # one sentence, as the model calls' process says it
+                raise ProviderError(describe(model, exc)) from exc
+
+    async def _piped(self, model: ModelRef, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+        """Stream through the model calls' process (assistants/model_worker.py), which runs the
+        openai client beside the bot instead of in its GIL."""
         process = self._calls()
         for attempt in (1, 2):
             base_url, key, config = await self._endpoint(model.provider)

@@ -214,22 +214,18 @@ async def drive(users: int) -> None:
 
 async def core_alone(core, users: int, guild: str, pids: dict[str, int]) -> dict[str, float]:
     """The same burst through the core alone, no Discord: for each of `users` new users what
-    `/chat` asks of the core (find or start the conversation and reply in one trip, link the
-    answer, note its thread), all at once. Its wall time less the model's delay is the core's
-    overhead for the burst, measured directly."""
-    from assistants import Actor
+    `/chat` asks of the core (answer: find or start the conversation and reply; posted: link
+    the answer and note its thread), all at once. Its wall time less the model's delay is the
+    core's overhead for the burst, measured directly."""
+    from assistants import Actor, Origin
+
+    origin = Origin(frontend="bench", assistant="bench", channel_id="bench")
 
     async def chat(i: int) -> None:
         actor = Actor(f"alone{i}", guild)
-
-        def conversation():
-            assistant = core.assistants.get(actor, "bench")
-            return core.chat.start_for(actor, assistant.id, channel_id="bench", frontend="bench")
-
-        reply = await core.chat.reply(actor, conversation, f"hello from user{i}")
-        assert reply.text == f"echo: hello from user{i}", reply.text
-        await asyncio.to_thread(core.chat.link, reply.message_id, [f"alone-answer-{i}"])
-        await asyncio.to_thread(core.chat.set_thread, reply.conversation_id, f"alone-thread-{i}")
+        reply = await core.chat.answer(actor, origin, f"hello from user{i}")
+        assert reply is not None and reply.text == f"echo: hello from user{i}", reply
+        await core.chat.posted(reply, [f"alone-answer-{i}"], thread_id=f"alone-thread-{i}")
 
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
@@ -287,14 +283,15 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         )
         # The core's own time per message (store, embed, select, build, record), from its Reply.
         overheads: list[float] = []
-        reply = core.chat.reply
+        answer = core.chat.answer
 
-        async def measured_reply(*args, **kwargs):
-            answer = await reply(*args, **kwargs)
-            overheads.append(answer.overhead_ms)
-            return answer
+        async def measured_answer(*args, **kwargs):
+            reply = await answer(*args, **kwargs)
+            if reply is not None:
+                overheads.append(reply.overhead_ms)
+            return reply
 
-        core.chat.reply = measured_reply  # type: ignore[method-assign]
+        core.chat.answer = measured_answer  # type: ignore[method-assign]
         redirect(fake["api_base"], fake["gateway"])
         bot = FewtuneBot(core, stream_interval=1.0, guild_ready_timeout=0.05)
         runner = asyncio.create_task(bot.start(fake["token"]))
@@ -325,7 +322,7 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         tell("bye")
         # The core alone on the same burst, from the same cold start: fresh model clients
         # (their pool then holds one connection, as the Discord burst's warm-up left it).
-        core.chat.reply = reply  # type: ignore[method-assign]  # stop measuring per message
+        core.chat.answer = answer  # type: ignore[method-assign]  # stop measuring per message
         await core.providers.close()
         await core.chat.ask(actor, "bench", "warm up")
         gc.collect()

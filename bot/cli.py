@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import click
 import typer
 
-from assistants import TERMINAL, Core, FewtuneError
+from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError
 from assistants.promotion import Step
 from storage import Settings
 
@@ -424,9 +424,13 @@ def reply_dict(reply) -> dict[str, Any]:
 
 async def _ask(core: Core, name: str, message: str):
     try:
-        return await core.chat.ask(TERMINAL, name, message)
+        reply = await core.chat.answer(TERMINAL, Origin(assistant=name), message)
     finally:
         await core.providers.close()
+    assert reply is not None  # a named assistant always answers
+    if reply.error is not None:
+        raise ProviderError(reply.error)
+    return reply
 
 
 @app.command("ask")
@@ -446,7 +450,7 @@ def ask(
 
 async def _chat_loop(core: Core, name: str) -> None:
     assistant = core.assistants.get(TERMINAL, name)
-    conversation = await asyncio.to_thread(core.chat.start, TERMINAL, name, frontend="cli")
+    conversation_id: int | None = None  # the first message starts one
     typer.secho(
         f"Chatting with {assistant.name} ({assistant.active_model}). /new starts over, /exit or Ctrl-D ends.",
         dim=True,
@@ -455,7 +459,9 @@ async def _chat_loop(core: Core, name: str) -> None:
         typer.secho(f"  try: {text}", dim=True)
     while True:
         try:
-            line = await asyncio.to_thread(input, "you> ")
+            # Read on the loop: nothing else runs on it between messages (the model calls have
+            # a loop of their own).
+            line = input("you> ")
         except (EOFError, KeyboardInterrupt):
             typer.echo()
             return
@@ -465,7 +471,7 @@ async def _chat_loop(core: Core, name: str) -> None:
         if line in ("/exit", "/quit"):
             return
         if line == "/new":
-            conversation = await asyncio.to_thread(core.chat.start, TERMINAL, name, frontend="cli")
+            conversation_id = None
             typer.secho("(new conversation)", dim=True)
             continue
         shown = 0
@@ -478,10 +484,20 @@ async def _chat_loop(core: Core, name: str) -> None:
             sys.stdout.flush()
             shown = len(text)
 
+        origin = (
+            Origin(assistant=name)
+            if conversation_id is None
+            else Origin(conversation_id=conversation_id)
+        )
         try:
-            reply = await core.chat.reply(TERMINAL, conversation.id, line, on_delta=on_delta)
+            reply = await core.chat.answer(TERMINAL, origin, line, on_delta=on_delta)
         except FewtuneError as exc:
             typer.secho(f"\nError: {exc}", err=True, fg=typer.colors.RED)
+            continue
+        assert reply is not None  # a named assistant or conversation always answers
+        conversation_id = reply.conversation_id
+        if reply.error is not None:
+            typer.secho(f"\nError: {reply.error}", err=True, fg=typer.colors.RED)
             continue
         if shown == 0:
             sys.stdout.write(f"{assistant.name}> {reply.text}")

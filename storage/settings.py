@@ -82,6 +82,20 @@ class ChatSettings:
     context_tokens: int = 2048  # prompt budget: instructions + examples + history + message
     reply_tokens: int = 256  # default max tokens of a reply
     rate_limit_per_minute: int = 12  # per user, in the Discord bot
+    # How chats reach the model: "process" streams through the model calls' own process (off
+    # the bot's GIL: what a burst of Discord chats needs), "inline" on the providers' model
+    # loop in this process (one process less; docs/design.md has the figures).
+    model_transport: str = "process"
+
+    def __post_init__(self) -> None:
+        if self.model_transport not in MODEL_TRANSPORTS:
+            raise SettingsError(
+                f"fewtune.toml: chat.model_transport must be one of {', '.join(MODEL_TRANSPORTS)}"
+                f", not {self.model_transport!r}."
+            )
+
+
+MODEL_TRANSPORTS = ("process", "inline")
 
 
 @dataclass(frozen=True)

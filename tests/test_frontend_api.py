@@ -15,9 +15,6 @@ from assistants.api import Api
 
 BOT = Path(__file__).resolve().parent.parent / "bot"
 HOPS = {"to_thread", "run_in_executor"}
-# The message path and promotion move into the core on their own branches (issue 9); until
-# then their frontends keep their hops. Remove each entry as its hops go.
-NOT_YET = {"discord/chatting.py", "discord/promoting.py", "cli.py:_chat_loop"}
 
 
 def thread_hops() -> list[str]:
@@ -39,8 +36,7 @@ def thread_hops() -> list[str]:
 
 
 def test_no_thread_hop_is_written_in_the_frontends():
-    hops = [h for h in thread_hops() if h not in NOT_YET and h.partition(":")[0] not in NOT_YET]
-    assert hops == []
+    assert thread_hops() == []
 
 
 def test_every_api_call_is_awaitable():

@@ -71,9 +71,6 @@ async def serve(settings: Settings, token: str, *, ready: asyncio.Event | None =
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        # Core calls still running in worker threads (a handler's last write) finish first:
-        # closing the database under them would crash the process.
-        await loop.shutdown_default_executor()
         await core.providers.close()  # the model clients' connections
         core.close()
 

@@ -11,11 +11,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from assistants import Core, FewtuneError
+from assistants.ratelimit import UserRateLimiter
 from bot.discord.chatting import Chatter
 from bot.discord.cogs import COGS
 from bot.discord.items import ITEMS
 from bot.discord.promoting import Promoter
-from bot.discord.ratelimit import UserRateLimiter
 from bot.discord.replies import UNEXPECTED, say
 
 log = logging.getLogger("fewtune.discord")
