@@ -23,7 +23,7 @@ from assistants.errors import InvalidInput, NotFound, PermissionDenied, Provider
 from assistants.examples import Example, Examples
 from assistants.prompt import PromptTooLong, build_prompt
 from assistants.providers import ModelRef, Providers
-from assistants.selection import select
+from assistants.selection import NEEDS_QUERY, select
 from storage.db import insert_row
 from storage.index import ExampleIndex
 from storage.settings import Settings
@@ -360,7 +360,7 @@ class Chat:
             index = self._index()
             query = None
             all_ids = None
-            if assistant.selector in ("similarity", "mmr"):
+            if assistant.selector in NEEDS_QUERY:
                 query = index.embedder.embed_one(text)
             else:
                 all_ids = self.examples.all_ids(assistant.id)
@@ -373,6 +373,8 @@ class Chat:
                 all_ids,
                 seed=seed,
                 exclude=exclude,
+                text=text,
+                inputs=functools.partial(self.examples.inputs, assistant.id),
             )
             selected_ids, scores = chosen.ids, chosen.scores
         examples = self.examples.by_ids(assistant.id, selected_ids)

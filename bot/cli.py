@@ -36,6 +36,7 @@ USER_ERRORS = (FewtuneError, SettingsError, IndexUnavailable, EmbedderUnavailabl
 class Selector(StrEnum):
     similarity = "similarity"
     mmr = "mmr"
+    coverage = "coverage"
     random = "random"
     fixed = "fixed"
 
