@@ -28,7 +28,7 @@ class Selection:
 
 MMR_LAMBDA = 0.5  # relevance vs diversity; 1.0 is plain similarity
 MMR_FETCH_FACTOR = 4  # candidates fetched per example wanted
-COVERAGE_SHORTLIST = 50  # nearest examples the coverage set is built from (docs/design.md)
+COVERAGE_SHORTLIST = 32  # nearest examples the coverage set is built from (docs/design.md)
 NEEDS_QUERY = ("similarity", "mmr", "coverage")  # the selectors that need the message's vector
 
 
