@@ -4,6 +4,7 @@ k = 0."""
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 
 import numpy as np
@@ -152,6 +153,16 @@ def test_coverage_in_a_chat_puts_the_examples_in_the_prompt(core, numbers):
     # The best example comes last, nearest the message.
     users = [m["content"] for m in prepared.messages if m["role"] == "user"]
     assert users == [chosen[1], chosen[0], "seventy-one"]
+
+
+def test_coverage_survives_export_and_import(core, numbers):
+    from assistants.transfer import export_assistant, import_assistant
+
+    core.assistants.edit(TERMINAL, "numbers", selector="coverage")
+    bundle = export_assistant(core, TERMINAL, "numbers")
+    assert bundle["assistant"]["selector"] == "coverage"
+    copy, _ = import_assistant(core, TERMINAL, json.dumps(bundle).encode(), name="numbers-copy")
+    assert copy.selector == "coverage"
 
 
 def test_features_are_trigrams_of_each_word_with_its_ends_marked():
