@@ -32,7 +32,7 @@ MAX_STARTERS = 4
 MAX_STARTER_LENGTH = 200
 MAX_K = 25
 VISIBILITIES = ("private", "guild", "public")
-SELECTORS = ("similarity", "mmr", "random", "fixed")
+SELECTORS = ("similarity", "mmr", "coverage", "random", "fixed")
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+:\S.*$")
 EDITABLE = (
     "description",

@@ -6,6 +6,7 @@ model, store the reply with what produced it; then link what the frontend posted
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import threading
@@ -31,7 +32,7 @@ from assistants.origin import NoAssistant, Origin
 from assistants.prompt import PromptTooLong, build_prompt
 from assistants.providers import ModelRef, Providers
 from assistants.ratelimit import UserRateLimiter, slow_down
-from assistants.selection import select
+from assistants.selection import NEEDS_QUERY, select
 from storage.db import insert_row
 from storage.index import ExampleIndex
 from storage.settings import Settings
@@ -491,7 +492,7 @@ class Chat:
             index = self._index()
             query = None
             all_ids = None
-            if assistant.selector in ("similarity", "mmr"):
+            if assistant.selector in NEEDS_QUERY:
                 query = index.embedder.embed_one(text)
             else:
                 all_ids = self.examples.all_ids(assistant.id)
@@ -504,6 +505,8 @@ class Chat:
                 all_ids,
                 seed=seed,
                 exclude=exclude,
+                text=text,
+                inputs=functools.partial(self.examples.inputs, assistant.id),
             )
             selected_ids, scores = chosen.ids, chosen.scores
         examples = self.examples.by_ids(assistant.id, selected_ids)

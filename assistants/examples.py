@@ -110,6 +110,17 @@ class Examples:
         found = {r["id"]: Example.from_row(r) for r in rows}
         return [found[i] for i in ids if i in found]
 
+    def inputs(self, assistant_id: int, ids: list[int]) -> dict[int, str]:
+        """The input texts of one assistant's examples by id (missing ids are absent)."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT id, input FROM examples WHERE assistant_id = ? AND id IN ({marks})",
+            [assistant_id, *ids],
+        )
+        return {r[0]: r[1] for r in rows}
+
     def first(self, assistant_id: int, n: int) -> list[Example]:
         rows = self.db.query(
             "SELECT * FROM examples WHERE assistant_id = ? ORDER BY id LIMIT ?", [assistant_id, n]

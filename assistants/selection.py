@@ -1,4 +1,5 @@
-"""Which examples go in the prompt: similarity, MMR, random (seeded per conversation) or fixed.
+"""Which examples go in the prompt: similarity, MMR, coverage, random (seeded per conversation)
+or fixed.
 
 Only the assistant's own examples are ever candidates: each assistant has its own index
 collection, and ids are read back from SQLite filtered by the assistant again.
@@ -7,16 +8,19 @@ collection, and ids are read back from SQLite filtered by the assistant again.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from assistants.coverage import cover, features
 from storage.index import ExampleIndex
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Example ids in rank order (best first) and, for similarity/MMR, their cosine scores."""
+    """Example ids in rank order (best first) and, for similarity/MMR/coverage, their cosine
+    scores."""
 
     ids: list[int]
     scores: list[float | None]
@@ -24,6 +28,8 @@ class Selection:
 
 MMR_LAMBDA = 0.5  # relevance vs diversity; 1.0 is plain similarity
 MMR_FETCH_FACTOR = 4  # candidates fetched per example wanted
+COVERAGE_SHORTLIST = 32  # nearest examples the coverage set is built from (docs/design.md)
+NEEDS_QUERY = ("similarity", "mmr", "coverage")  # the selectors that need the message's vector
 
 
 def select(
@@ -35,14 +41,25 @@ def select(
     all_ids: list[int] | None = None,
     seed: int = 0,
     exclude: frozenset[int] = frozenset(),
+    text: str = "",
+    inputs: Callable[[list[int]], dict[int, str]] | None = None,
 ) -> Selection:
-    """Pick k example ids. `query` (the message's vector) is needed by similarity and MMR;
-    `all_ids` (in id order) by random and fixed. `exclude`d ids are never picked (evaluation
-    keeps held-out examples out of the prompt)."""
+    """Pick k example ids. `query` (the message's vector) is needed by similarity, MMR and
+    coverage; `all_ids` (in id order) by random and fixed; coverage also needs the message's
+    `text` and `inputs`, which gives the input texts of example ids. `exclude`d ids are never
+    picked (evaluation keeps held-out examples out of the prompt)."""
     if k <= 0:
         return Selection([], [])
-    if selector in ("similarity", "mmr"):
+    if selector in NEEDS_QUERY:
         assert query is not None
+        if selector == "coverage":
+            assert inputs is not None
+            hits = index.query(assistant_id, query, max(COVERAGE_SHORTLIST, k) + len(exclude))
+            hits = [h for h in hits if h.example_id not in exclude]
+            texts = inputs([h.example_id for h in hits])
+            hits = [h for h in hits if h.example_id in texts]
+            order = cover(features(text), [features(texts[h.example_id]) for h in hits], k)
+            return Selection([hits[i].example_id for i in order], [hits[i].score for i in order])
         if selector == "similarity":
             hits = index.query(assistant_id, query, k + len(exclude))
             hits = [h for h in hits if h.example_id not in exclude][:k]

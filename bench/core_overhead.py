@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/core_overhead.py                 # quick: 10 assistants x 10,000 examples
     .venv/bin/python bench/core_overhead.py --assistants 100  # full: 1,000,000 examples (~25 min)
+    .venv/bin/python bench/core_overhead.py --assistants 2 --examples 10000 --messages 200 \
+        --selector similarity,coverage                      # selectors side by side, one run
 
 Overhead is everything the core does for one message except the model's own time: store the
 message, embed it (for real), select k examples from the assistant's index, build the prompt,
@@ -219,7 +221,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--recall-size", type=int, default=10_000)
     parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument(
+        "--selector",
+        default="similarity",
+        help="comma-separated; each is measured in turn on the same index and messages",
+    )
     args = parser.parse_args()
+    selectors = args.selector.split(",")
 
     home = args.home or Path(tempfile.mkdtemp(prefix="fewtune-bench-"))
     url, _ = stub_server()
@@ -238,28 +246,32 @@ def main() -> None:
         base_texts = texts(2000)
         base = core.embedder.embed(base_texts)
         fill(core, args.assistants, args.examples, base, base_texts)
-    core.assistants.edit(Actor("bench"), names[0], k=args.k)  # no-op when k is the default
     actor = Actor("bench")
     # Warm-up: clients, caches, and every assistant's collection once (a running bot has the
     # assistants it serves open; the first query of a collection loads it from disk).
     warm = max(20, args.assistants)
     messages = texts(args.messages + warm, seed=3)
-    asyncio.run(measure(core, names, messages[:warm], actor))
-    overheads, cpu = asyncio.run(measure(core, names, messages[warm:], actor))
+    measured = {}
+    for selector in selectors:
+        for name in names:
+            core.assistants.edit(actor, name, k=args.k, selector=selector)
+        asyncio.run(measure(core, names, messages[:warm], actor))
+        measured[selector] = asyncio.run(measure(core, names, messages[warm:], actor))
     recalls = recall(core, [args.k, 10], args.recall_size, 200) if args.recall_size else {}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = args.assistants * args.examples
     print()
     print(f"index: {args.assistants} assistants x {args.examples:,} examples = {total:,} vectors")
-    print(f"per-message core overhead over {len(overheads)} messages (k={args.k}, similarity):")
-    print(
-        f"  p50 {percentile(overheads, 50):.1f} ms   p99 {percentile(overheads, 99):.1f} ms   "
-        f"mean {statistics.mean(overheads):.1f} ms   (goal: p50 <= 15, p99 <= 50)"
-    )
-    print(
-        f"  process CPU per message (the whole reply, client included): "
-        f"p50 {percentile(cpu, 50):.1f} ms   p99 {percentile(cpu, 99):.1f} ms"
-    )
+    for selector, (overheads, cpu) in measured.items():
+        print(f"per-message core overhead over {len(overheads)} messages (k={args.k}, {selector}):")
+        print(
+            f"  p50 {percentile(overheads, 50):.1f} ms   p99 {percentile(overheads, 99):.1f} ms   "
+            f"mean {statistics.mean(overheads):.1f} ms   (goal: p50 <= 15, p99 <= 50)"
+        )
+        print(
+            f"  process CPU per message (the whole reply, client included): "
+            f"p50 {percentile(cpu, 50):.1f} ms   p99 {percentile(cpu, 99):.1f} ms"
+        )
     print(f"  load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for k, value in recalls.items():
         print(

@@ -4,6 +4,16 @@ fine-tuned, measured through fewtune's own path.
     .venv/bin/python bench/numbers_benchmark.py --limit 40 --k-values 1,3 --epochs 1 --train-limit 64
     .venv/bin/python bench/numbers_benchmark.py --home /tmp/numbers-home   # full: 1 epoch, lr x2
     .venv/bin/python bench/numbers_benchmark.py --home /tmp/numbers-home   # again: resumes a stopped run, or redraws from the cache
+    .venv/bin/python bench/numbers_benchmark.py --pool my_pool.jsonl --test my_test.jsonl   # other data
+
+On data it was not tuned on: --pool (the examples every assistant gets) and --test (what is
+asked) are JSONL files, one {"input": ..., "output": ..., "lang": ...} a line; by default the
+15 languages of bench/data/. A tiny run to see that it works (a minute or two):
+
+    head -n 300 bench/data/numbers_pool.jsonl > /tmp/pool.jsonl
+    head -n 40 bench/data/numbers_test.jsonl > /tmp/test.jsonl
+    .venv/bin/python bench/numbers_benchmark.py --pool /tmp/pool.jsonl --test /tmp/test.jsonl \
+        --limit 10 --k-values 1 --skip-promotion --results /tmp/numbers.json --chart /tmp/numbers.png
 
 Everything goes through the product: a Core in a fresh FEWTUNE_HOME (or --home), one assistant
 per setting made with `core.assistants.create` (the demo's instructions), the example pool
@@ -14,10 +24,11 @@ is the promoted assistant's examples, i.e. the pool, built by assistants/dataset
 its 10% held-out split as the validation file). The promoted assistant is trained before it
 answers anything, so none of its own test answers can reach its training data.
 
-Settings: zero-shot; random and retrieved (similarity) k-shot for each k; the promoted model
-alone (k=0) and with 3 retrieved examples (the article's hybrid). Exact match after stripping
-whitespace and a trailing period. Reported: accuracy with a 95% Wilson interval, accuracy per
-language, and exact (binomial) McNemar tests on paired outcomes.
+Settings: zero-shot; random, retrieved (similarity) and covering (the coverage selector) k-shot
+for each k; the promoted model alone (k=0) and with 3 retrieved examples (the article's hybrid).
+Exact match after stripping whitespace and a trailing period. Reported: accuracy with a 95%
+Wilson interval, accuracy per language, exact (binomial) McNemar tests on paired outcomes, and in
+the results JSON every setting's outcome per test item (input, lang, expected, answer, correct).
 
 Answers are cached in <home>/benchmark_answers.json as they come, so a rerun with the same
 --home resumes where it stopped (a running promotion is followed, a finished one reused).
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -74,6 +86,7 @@ def few_shot_settings(k_values: list[int]) -> list[Setting]:
     for k in k_values:
         out.append(Setting(f"random-k{k}", f"random {k}-shot", "random", k))
         out.append(Setting(f"retrieved-k{k}", f"retrieved {k}-shot", "similarity", k))
+        out.append(Setting(f"covering-k{k}", f"covering {k}-shot", "coverage", k))
     return out
 
 
@@ -90,8 +103,42 @@ def tuned_settings(tag: str) -> list[Setting]:
     ]
 
 
+FIELDS = ("input", "output", "lang")
+
+
+class BadData(ValueError):
+    """A --pool or --test file that is not JSONL of input/output/lang strings."""
+
+
 def load_jsonl(path: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """The items of a pool or test file: one JSON object a line with input, output and lang
+    (strings; other keys are ignored). Raises BadData naming the file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadData(f"{path} cannot be read as UTF-8 text ({exc}).") from exc
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadData(f"{path} line {number} is not JSON ({exc.msg}).") from exc
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(f), str) and item[f].strip() for f in FIELDS
+        ):
+            raise BadData(f"{path} line {number} needs non-empty strings for {', '.join(FIELDS)}.")
+        items.append({f: item[f] for f in FIELDS})
+    if not items:
+        raise BadData(f"{path} holds no items; write one JSON object a line.")
+    return items
+
+
+def data_fingerprint(pool: list[dict[str, str]], test: list[dict[str, str]]) -> str:
+    """Which data a home's cached answers belong to (answers are cached by test line)."""
+    text = json.dumps([pool, test], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def pick_test(items: list[dict[str, str]], limit: int | None) -> list[int]:
@@ -314,6 +361,25 @@ def outcomes(cache: AnswerCache, setting: Setting, test, indices) -> list[int]:
     return [int(normalise(done[str(i)]["answer"]) == test[i]["output"]) for i in indices]
 
 
+def items(cache: AnswerCache, setting: Setting, test, indices) -> list[dict[str, Any]]:
+    """Every test item's outcome under one setting, for reading the answers, not just counts."""
+    done = cache.answers(setting.key)
+    out = []
+    for i in indices:
+        answer = done[str(i)]["answer"]
+        out.append(
+            {
+                "input": test[i]["input"],
+                "lang": test[i]["lang"],
+                "expected": test[i]["output"],
+                "answer": answer,
+                "correct": normalise(answer) == test[i]["output"],
+                "examples": done[str(i)]["examples"],
+            }
+        )
+    return out
+
+
 def report(
     cache: AnswerCache,
     settings: list[Setting],
@@ -348,11 +414,15 @@ def report(
             if timing.get("asked")
             else None,
             "outcomes": hits,
+            "items": items(cache, s, test, indices),
         }
     tests = results["tests"]
     for k in k_values:
         tests[f"retrieved-k{k} vs random-k{k}"] = mcnemar_exact(
             hits_of[f"retrieved-k{k}"], hits_of[f"random-k{k}"]
+        )
+        tests[f"covering-k{k} vs retrieved-k{k}"] = mcnemar_exact(
+            hits_of[f"covering-k{k}"], hits_of[f"retrieved-k{k}"]
         )
     few = [s for s in settings if not s.tuned]
     best = max(few, key=lambda s: (sum(hits_of[s.key]), -s.k))
@@ -373,8 +443,8 @@ def goals(results: dict[str, Any], k_values: list[int], best: str) -> dict[str, 
         retrieved[f"k={k}"] = acc[f"retrieved-k{k}"] > acc[f"random-k{k}"] and t["p_value"] < 0.05
     tuned = {}
     for name, t in tests.items():
-        if name.endswith(f" vs {best}"):
-            key = name.split(" vs ")[0]
+        key = name.split(" vs ")[0]
+        if name.endswith(f" vs {best}") and results["settings"][key]["fine_tuned"]:
             tuned[key] = acc[key] > acc[best] and t["p_value"] < 0.05
     return {
         "retrieved_beats_random_k>=3": retrieved,
@@ -413,7 +483,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main_settings(results: dict[str, Any]) -> list[str]:
     rows = results["settings"]
-    wanted = ["zero-shot", "random-k3", "retrieved-k3", results["best_few_shot"]]
+    wanted = ["zero-shot", "random-k3", "retrieved-k3", "covering-k3", results["best_few_shot"]]
     wanted += [k for k, r in rows.items() if r["fine_tuned"]]
     return list(dict.fromkeys(k for k in wanted if k in rows))
 
@@ -438,6 +508,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         if r["fine_tuned"]
         else "#1f77b4"
         if r["selector"] == "similarity"
+        else "#2ca02c"
+        if r["selector"] == "coverage"
         else "#ff7f0e"
         for r in rows
     ]
@@ -465,8 +537,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    pool = load_jsonl(DATA / "numbers_pool.jsonl")
-    test = load_jsonl(DATA / "numbers_test.jsonl")
+    pool = load_jsonl(Path(args.pool))
+    test = load_jsonl(Path(args.test))
     indices = pick_test(test, args.limit)
     k_values = sorted({int(k) for k in args.k_values.split(",") if k.strip()})
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="fewtune-numbers-"))
@@ -475,6 +547,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     core = Core.open(home)
     cache = AnswerCache(home / "benchmark_answers.json")
+    fingerprint = data_fingerprint(pool, test)
+    if cache.data.setdefault("data", fingerprint) != fingerprint:
+        core.close()
+        raise BadData(f"{home} holds answers for other --pool/--test data; use a fresh --home.")
     settings = few_shot_settings(k_values)
     phases: dict[str, float] = {}
     training: asyncio.Task[str] | None = None
@@ -529,6 +605,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "home": str(home),
         "test_items": len(indices),
         "pool_items": len(pool),
+        "pool": str(args.pool),
+        "test": str(args.test),
         "languages": len({test[i]["lang"] for i in indices}),
         "k_values": k_values,
         "max_tokens": MAX_TOKENS,
@@ -547,7 +625,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--limit", type=int, default=None, help="test items (default: all 372)")
+    parser.add_argument("--pool", default=str(DATA / "numbers_pool.jsonl"), help="JSONL examples")
+    parser.add_argument("--test", default=str(DATA / "numbers_test.jsonl"), help="JSONL to ask")
+    parser.add_argument("--limit", type=int, default=None, help="test items (default: all)")
     parser.add_argument("--k-values", default="1,3,5,8", help="k for the few-shot settings")
     parser.add_argument("--skip-promotion", action="store_true", help="few-shot settings only")
     parser.add_argument("--epochs", type=int, default=1, help="n_epochs of the fine-tuning job")
@@ -567,7 +647,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    results = asyncio.run(run(args))
+    try:
+        results = asyncio.run(run(args))
+    except BadData as exc:
+        parser.error(str(exc))
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")

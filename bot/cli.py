@@ -39,6 +39,7 @@ T = TypeVar("T")
 class Selector(StrEnum):
     similarity = "similarity"
     mmr = "mmr"
+    coverage = "coverage"
     random = "random"
     fixed = "fixed"
 

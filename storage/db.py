@@ -212,6 +212,26 @@ def m005_one_active_promotion(db: Database) -> None:
     )
 
 
+_SELECTORS_V1 = "selector IN ('similarity', 'mmr', 'random', 'fixed')"
+_SELECTORS_V6 = "selector IN ('similarity', 'mmr', 'random', 'fixed', 'coverage')"
+
+
+@migrations()
+def m006_coverage_selector(db: Database) -> None:
+    # A fifth selector. SQLite cannot alter a CHECK constraint, and rebuilding `assistants`
+    # would cascade-delete every row that references it (foreign keys cannot be turned off inside
+    # the migration's transaction), so the constraint's text is edited in place: the way SQLite's
+    # own documentation gives for a change that leaves the stored rows as they are.
+    (version,) = db.execute("PRAGMA schema_version").fetchone()
+    db.execute("PRAGMA writable_schema=ON")
+    db.execute(
+        "UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'assistants'",
+        [_SELECTORS_V1, _SELECTORS_V6],
+    )
+    db.execute(f"PRAGMA schema_version={version + 1}")
+    db.execute("PRAGMA writable_schema=OFF")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from assistants import (
@@ -121,14 +123,47 @@ def test_default_settings(core):
     assert make(core, "inguild", OWNER).visibility == "guild"
 
 
-@pytest.mark.parametrize("selector", ["similarity", "mmr", "random", "fixed"])
+@pytest.mark.parametrize("selector", ["similarity", "mmr", "coverage", "random", "fixed"])
 def test_selectors(core, selector):
     assert make(core, selector=selector).selector == selector
 
 
 def test_unknown_selector_is_refused(core):
-    with pytest.raises(InvalidInput, match="similarity, mmr, random, fixed"):
+    with pytest.raises(InvalidInput, match="similarity, mmr, coverage, random, fixed"):
         make(core, selector="best")
+
+
+def test_a_database_from_before_coverage_accepts_it_and_keeps_its_rows(tmp_path):
+    from sqlite_utils import Database
+
+    from storage.db import migrations, open_db
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    old.execute("PRAGMA foreign_keys=ON")
+    migrations.apply(old, stop_before="m006_coverage_selector")
+    old.execute(
+        "INSERT INTO assistants (id, name, name_key, scope, owner_id, instructions, visibility, "
+        "model, k, selector, temperature, created_at, updated_at) VALUES (1, 'a', 'a', 'user:1', "
+        "'1', 'Answer.', 'private', 'local:x', 3, 'mmr', 0.7, 'now', 'now')"
+    )
+    old.execute(
+        "INSERT INTO examples (assistant_id, input, output, source, author_id, content_hash, "
+        "created_at) VALUES (1, 'in', 'out', 'manual', '1', 'h', 'now')"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        old.execute("UPDATE assistants SET selector = 'coverage'")
+    old.conn.commit()
+    old.conn.close()
+
+    db = open_db(path)
+    db.execute("UPDATE assistants SET selector = 'coverage'")
+    assert db.execute("SELECT selector FROM assistants").fetchall() == [("coverage",)]
+    assert db.execute("SELECT input FROM examples").fetchall() == [("in",)]
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE assistants SET selector = 'best'")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
 
 
 @pytest.mark.parametrize("temperature", [0, 0.0, 1.3, 2])

@@ -37,6 +37,15 @@ def names(cli) -> list[str]:
 # -- assistants --------------------------------------------------------------------------------
 
 
+def test_coverage_is_a_selector_choice(cli):
+    ok(cli("assistant", "create", "covering", "--instructions", "Digits.", "--selector=coverage"))
+    assert json.loads(ok(cli("assistant", "show", "covering", "--json")))["selector"] == "coverage"
+    ok(cli("assistant", "edit", "covering", "--selector", "mmr"))
+    ok(cli("assistant", "edit", "covering", "--selector", "coverage"))
+    bad = cli("assistant", "edit", "covering", "--selector", "best")
+    assert bad.exit_code != 0 and "coverage" in bad.output
+
+
 def test_create_show_list_edit_delete(cli):
     assert json.loads(ok(cli("assistant", "list", "--json"))) == []
     assert "No assistants yet" in ok(cli("assistant", "list"))

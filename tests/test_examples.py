@@ -158,7 +158,8 @@ def test_examples_of_one_assistant_are_never_returned_for_another(core, helper):
     with pytest.raises(NotFound):
         core.examples.remove(TERMINAL, "other", mine.id)
     assert stored(core, helper.id) == (1, 1)
-    for selector in ("similarity", "mmr", "random", "fixed"):
+    assert core.examples.inputs(other.id, [mine.id, theirs.id]) == {theirs.id: theirs.input}
+    for selector in ("similarity", "mmr", "coverage", "random", "fixed"):
         core.assistants.edit(TERMINAL, "other", selector=selector)
         conversation = core.chat.start(TERMINAL, "other")
         prepared = core.chat.prepare(TERMINAL, conversation.id, "The cat is sleeping on the sofa.")

@@ -1,15 +1,18 @@
-"""Example selection: similarity, MMR, random (seeded per conversation), fixed, and k = 0."""
+"""Example selection: similarity, MMR, coverage, random (seeded per conversation), fixed, and
+k = 0."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 
 import numpy as np
 import pytest
 
 from assistants import TERMINAL
-from assistants.selection import mmr, select
+from assistants.coverage import cover, features
+from assistants.selection import NEEDS_QUERY, mmr, select
 
 PASSWORD_NEAR_DUPLICATES = [
     "How do I reset my password?",
@@ -36,11 +39,22 @@ def support(core):
     return assistant, ids
 
 
-def run(core, assistant, selector, k, seed=0):
+SELECTORS = ["similarity", "mmr", "coverage", "random", "fixed"]
+
+
+def run(core, assistant, selector, k, seed=0, text=QUERY):
     index = core.index()
-    query = core.embedder.embed_one(QUERY) if selector in ("similarity", "mmr") else None
+    query = core.embedder.embed_one(text) if selector in NEEDS_QUERY else None
     return select(
-        selector, index, assistant.id, k, query, core.examples.all_ids(assistant.id), seed=seed
+        selector,
+        index,
+        assistant.id,
+        k,
+        query,
+        core.examples.all_ids(assistant.id),
+        seed=seed,
+        text=text,
+        inputs=lambda ids: core.examples.inputs(assistant.id, ids),
     )
 
 
@@ -84,6 +98,90 @@ def test_mmr_with_lambda_one_is_similarity():
     assert len(mmr(vectors, scores, 20, 0.5)) == 10  # never more than the candidates
 
 
+SEVENTIES = ["seventy-eight", "seventy-six", "seventy-five", "seventy-three", "seventy-two"]
+ONES = ["twenty-one", "forty-one"]
+OTHER_NUMBERS = ["sixty-seven", "eighty-four", "thirty-nine", "fifty-five", "ninety-two"]
+
+
+@pytest.fixture
+def numbers(core):
+    """Number words: many "seventy-…", a few "…-one", none "seventy-one" itself."""
+    assistant = core.assistants.create(TERMINAL, "numbers", "Write the number in digits.")
+    ids = {}
+    for text in SEVENTIES + ONES + OTHER_NUMBERS:
+        ids[text] = core.examples.add(TERMINAL, "numbers", text, "n").id
+    return assistant, ids
+
+
+def test_coverage_covers_the_part_that_similarity_misses(core, numbers):
+    assistant, ids = numbers
+    similar = run(core, assistant, "similarity", 4, text="seventy-one")
+    covering = run(core, assistant, "coverage", 4, text="seventy-one")
+    seventies, ones = {ids[t] for t in SEVENTIES}, {ids[t] for t in ONES}
+    assert set(similar.ids) <= seventies  # the tens four times, the units never
+    assert covering.ids[0] in seventies  # the set covers both parts, one example each first
+    assert covering.ids[1] in ones
+    assert len(covering.ids) == 4 == len(set(covering.ids))
+    assert covering.ids[0] == similar.ids[0]  # of equal cover, the more similar one
+    everything = run(core, assistant, "similarity", 25, text="seventy-one")
+    cosine = dict(zip(everything.ids, everything.scores, strict=True))
+    assert covering.scores == pytest.approx([cosine[i] for i in covering.ids], abs=1e-6)
+
+
+def test_coverage_is_deterministic(core, numbers):
+    assistant, _ = numbers
+    picks = {tuple(run(core, assistant, "coverage", 3, text="seventy-one").ids) for _ in range(5)}
+    assert len(picks) == 1
+
+
+def test_coverage_picks_only_the_assistants_own_examples(core, numbers):
+    assistant, ids = numbers
+    core.assistants.create(TERMINAL, "rival", "Other.")
+    rival = {core.examples.add(TERMINAL, "rival", t, "n").id for t in ("seventy-one", "one")}
+    chosen = run(core, assistant, "coverage", 25, text="seventy-one")
+    assert set(chosen.ids) == set(ids.values())
+    assert not set(chosen.ids) & rival
+
+
+def test_coverage_in_a_chat_puts_the_examples_in_the_prompt(core, numbers):
+    _, ids = numbers
+    core.assistants.edit(TERMINAL, "numbers", selector="coverage", k=2)
+    conversation = core.chat.start(TERMINAL, "numbers")
+    prepared = core.chat.prepare(TERMINAL, conversation.id, "seventy-one")
+    chosen = [e.input for e in prepared.examples]
+    assert chosen[0] in SEVENTIES and chosen[1] in ONES
+    # The best example comes last, nearest the message.
+    users = [m["content"] for m in prepared.messages if m["role"] == "user"]
+    assert users == [chosen[1], chosen[0], "seventy-one"]
+
+
+def test_coverage_survives_export_and_import(core, numbers):
+    from assistants.transfer import export_assistant, import_assistant
+
+    core.assistants.edit(TERMINAL, "numbers", selector="coverage")
+    bundle = export_assistant(core, TERMINAL, "numbers")
+    assert bundle["assistant"]["selector"] == "coverage"
+    copy, _ = import_assistant(core, TERMINAL, json.dumps(bundle).encode(), name="numbers-copy")
+    assert copy.selector == "coverage"
+
+
+def test_features_are_trigrams_of_each_word_with_its_ends_marked():
+    assert features("Seventy-ONE") == features("seventy one")
+    assert {"<on", "one", "ne>", "<se", "ty>"} <= features("seventy-one")
+    assert features("四十四") == {"<四十", "四十四", "十四>"}
+    assert features("a") == {"<a>"}
+    assert features("  ,, ") == frozenset()
+
+
+def test_cover_is_greedy_and_fills_up_in_shortlist_order():
+    query = frozenset("abcd")
+    candidates = [frozenset(part) for part in ("ab", "ab", "c", "xyz", "d")]
+    assert cover(query, candidates, 3) == [0, 2, 4]  # ties go to the earlier, more similar one
+    assert cover(query, candidates, 5) == [0, 2, 4, 1, 3]  # nothing left to cover: in order
+    assert cover(query, [], 3) == []
+    assert cover(frozenset(), candidates, 2) == [0, 1]
+
+
 def test_random_is_stable_for_a_seed_and_differs_across_seeds(core, support):
     assistant, ids = support
     first = run(core, assistant, "random", 4, seed=1234)
@@ -124,7 +222,7 @@ def test_fixed_is_the_first_k_by_id(core, support):
     assert [e.id for e in prepared.examples] == sorted(ids.values())[:2]
 
 
-@pytest.mark.parametrize("selector", ["similarity", "mmr", "random", "fixed"])
+@pytest.mark.parametrize("selector", SELECTORS)
 def test_k_zero_gives_none(core, support, selector):
     assistant, _ = support
     assert run(core, assistant, selector, 0).ids == []
@@ -135,7 +233,7 @@ def test_k_zero_gives_none(core, support, selector):
     assert [m["role"] for m in prepared.messages] == ["system", "user"]
 
 
-@pytest.mark.parametrize("selector", ["similarity", "mmr", "random", "fixed"])
+@pytest.mark.parametrize("selector", SELECTORS)
 def test_k_larger_than_the_examples_gives_them_all(core, support, selector):
     assistant, ids = support
     assert sorted(run(core, assistant, selector, 25).ids) == sorted(ids.values())
@@ -143,7 +241,7 @@ def test_k_larger_than_the_examples_gives_them_all(core, support, selector):
 
 def test_an_assistant_without_examples_selects_none(core):
     empty = core.assistants.create(TERMINAL, "empty", "Nothing yet.")
-    for selector in ("similarity", "mmr", "random", "fixed"):
+    for selector in SELECTORS:
         assert run(core, empty, selector, 4).ids == []
 
 
