@@ -2,8 +2,8 @@
 
 One collection per assistant rather than one shared collection with a `where` filter: measured
 here, a filtered query over 100,000 vectors took about 84 ms p50, a per-assistant collection of
-10,000 about 2.5 ms (DESIGN.md). It also makes "only the assistant's own examples, ever" a
-property of the data layout rather than of a filter someone could forget.
+10,000 about 2.5 ms (docs/design.md, "SQLite is the truth"). It also makes "only the assistant's
+own examples, ever" a property of the data layout rather than of a filter someone could forget.
 
 The index holds only ids and vectors of example inputs; texts stay in SQLite, the truth.
 """
