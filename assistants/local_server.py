@@ -50,6 +50,11 @@ def ensure_local_server(settings: Settings) -> LocalServer:
         return _start(settings)
 
 
+def local_server_running(settings: Settings) -> bool:
+    """Whether the local server recorded in FEWTUNE_HOME is up and answering."""
+    return _answering(settings) is not None
+
+
 def stop_local_server(settings: Settings, timeout: float = 10.0) -> bool:
     """Stop the server named in server.json (SIGTERM, then SIGKILL); True if one was stopped."""
     info = _read_info(settings)

@@ -182,17 +182,21 @@ class Promotions:
 
     def latest(self, actor: Actor, name: str) -> Promotion:
         assistant = self.assistants.get_managed(actor, name, "see promotions of")
-        rows = list(
-            self.db.query(
-                "SELECT * FROM promotions WHERE assistant_id = ? ORDER BY id DESC LIMIT 1",
-                [assistant.id],
-            )
-        )
-        if not rows:
+        promotion = self._latest_of(assistant.id)
+        if promotion is None:
             raise NotFound(
                 f"{assistant.name!r} has not been promoted yet: `fewtune promote {assistant.name}`."
             )
-        return Promotion.from_row(rows[0])
+        return promotion
+
+    def _latest_of(self, assistant_id: int) -> Promotion | None:
+        rows = list(
+            self.db.query(
+                "SELECT * FROM promotions WHERE assistant_id = ? ORDER BY id DESC LIMIT 1",
+                [assistant_id],
+            )
+        )
+        return Promotion.from_row(rows[0]) if rows else None
 
     def _get(self, promotion_id: int) -> Promotion:
         row = next(self.db.query("SELECT * FROM promotions WHERE id = ?", [promotion_id]))
@@ -490,8 +494,11 @@ class Promotions:
         (the job done) its evaluation, so that nothing is switched. The frontend following it
         shows it ended cancelled."""
         name = await self._in_thread(self._name, name)
-        promotion = await self._in_thread(self.latest, actor, name)
-        if promotion.job_id is None or promotion.status in ENDED_STATUSES:
+        assistant = await self._in_thread(
+            self.assistants.get_managed, actor, name, "cancel promotions of"
+        )
+        promotion = await self._in_thread(self._latest_of, assistant.id)
+        if promotion is None or promotion.job_id is None or promotion.status in ENDED_STATUSES:
             raise InvalidInput(f"There is no running promotion of {name!r} to cancel.")
         if promotion.status == EVALUATING:
             cancelled: Promotion = await self._in_thread(

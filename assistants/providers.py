@@ -84,6 +84,19 @@ class Providers:
             raise ProviderError(f"The local model server could not start: {exc}") from exc
         return server.base_url, server.token
 
+    def starting_note(self, model: str) -> str | None:
+        """A sentence for the user when the first reply from `model` will wait for the local
+        model server to start (seconds, or about a minute the first time it converts the
+        embedded model); None when nothing has to start."""
+        from assistants.local_server import local_server_running
+
+        if ModelRef.parse(model).provider != LOCAL or local_server_running(self.settings):
+            return None
+        return (
+            "Starting the local model server for the first reply: a few seconds, or about a "
+            "minute the first time, while it converts the embedded model."
+        )
+
     async def client(self, name: str) -> openai.AsyncOpenAI:
         """An openai client for provider `name` on the running loop (the fine-tuning API and
         files, and the inline transport's chats on the model loop)."""

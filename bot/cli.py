@@ -458,6 +458,7 @@ async def _chat_loop(core: Core, name: str) -> None:
     )
     for text in assistant.starters:
         typer.secho(f"  try: {text}", dim=True)
+    note = core.providers.starting_note(assistant.active_model)
     while True:
         try:
             # Read on the loop: nothing else runs on it between messages (the model calls have
@@ -475,6 +476,12 @@ async def _chat_loop(core: Core, name: str) -> None:
             conversation_id = None
             typer.secho("(new conversation)", dim=True)
             continue
+        if line.startswith("/") and " " not in line:
+            typer.secho(f"{line}: /new starts over, /exit or Ctrl-D ends.", dim=True)
+            continue
+        if note:
+            typer.secho(f"({note})", dim=True)
+            note = None
         shown = 0
 
         async def on_delta(text: str) -> None:

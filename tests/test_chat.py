@@ -145,13 +145,21 @@ def test_a_provider_that_never_answers_times_out_with_one_clear_line(fewtune_hom
 
 
 def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core, cli):
-    result = cli("chat", "helper", input="two\n/new\nthree\n/exit\n")
+    assert local_core.providers.starting_note("local:tiny") is not None  # no server yet
+    result = cli("chat", "helper", input="/help\ntwo\n/new\nthree\n/exit\n")
     assert result.exit_code == 0, result.output
     assert result.stdout.count("helper> ") == 2
     assert "[examples: #" in result.stdout
     assert "(new conversation)" in result.stdout
+    # The wait for the local server is said once, before the first reply; a command the chat
+    # does not know is explained, not sent to the model.
+    assert result.stdout.count("Starting the local model server") == 1
+    assert result.stdout.index("Starting the local model server") < result.stdout.index("helper> ")
+    assert "/help: /new starts over" in result.stdout
     conversations = local_core.db.execute("SELECT count(*) FROM conversations").fetchone()[0]
     assert conversations == 2
+    assert local_core.providers.starting_note("local:tiny") is None  # it runs now
+    assert local_core.providers.starting_note("openai:gpt-4o-mini") is None
 
 
 @pytest.mark.slow

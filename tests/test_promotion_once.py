@@ -21,7 +21,7 @@ from discord_fake.harness import SERVE_TOKEN_ENV
 from discord_fake.world import World, create_assistant, run
 from server_fixtures import make_tiny_model, serving, write_settings
 
-from assistants import TERMINAL, Actor
+from assistants import TERMINAL, Actor, InvalidInput, NotFound
 
 BASE = "fewtune:tiny-llama"
 
@@ -179,3 +179,11 @@ def test_the_actor_round_trips_through_json():
     actor = Actor("42", "7", can_manage_guild=True)
     assert Actor.from_dict(json.loads(json.dumps(actor.to_dict()))) == actor
     assert Actor.from_dict(TERMINAL.to_dict()) == TERMINAL
+
+
+async def test_cancelling_an_assistant_never_promoted_says_nothing_runs(core):
+    core.assistants.create(TERMINAL, "fresh", "Answer.")
+    with pytest.raises(InvalidInput, match="no running promotion of 'fresh'"):
+        await core.promotions.cancel(TERMINAL, "fresh")
+    with pytest.raises(NotFound, match="No assistant called 'nosuch'"):
+        await core.promotions.cancel(TERMINAL, "nosuch")
