@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -27,14 +27,16 @@ class OneLineErrors(TyperGroup):
     unknown command) become one `Error:` line and exit 1, like the core's errors, instead of
     click's boxed help and exit 2. Asking for help (`fewtune`, `--help`) is not an error."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, *, standalone_mode: bool = True, **extra: Any
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, standalone_mode=False, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, standalone_mode=False, **extra)
         except usage.NoArgsIsHelpError as exc:
-            exc.show()
-            sys.exit(0)
+            exc.show()  # the help, as before
+            sys.exit(exc.exit_code)
         except usage.UsageError as exc:
             where = f" See `{exc.ctx.command_path} --help`." if exc.ctx else ""
             fail(sentence(exc.format_message()) + where, exit=sys.exit)
