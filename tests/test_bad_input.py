@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -134,9 +137,7 @@ def test_export_then_import_round_trips_line_separators(cli, target, tmp_path, s
     ok(cli("assistant", "create", "copy", "--instructions", "Digits.", "--model", "local:x"))
     assert "Imported 1 examples" in ok(cli("example", "import", "copy", str(exported)))
     listed = json.loads(ok(cli("example", "list", "copy", "--json")))
-    assert [(e["input"], e["output"]) for e in listed] == [
-        (f"one{separator}two", f"1{separator}2")
-    ]
+    assert [(e["input"], e["output"]) for e in listed] == [(f"one{separator}two", f"1{separator}2")]
 
     whole = tmp_path / "assistant.json"
     ok(cli("assistant", "export", target, "-o", str(whole)))
@@ -183,10 +184,6 @@ def test_a_row_another_process_stored_meanwhile_counts_as_a_duplicate(core, tmp_
 
 def test_the_same_file_imported_twice_at_once_by_two_processes(cli, target, tmp_path):
     """Two `fewtune example import` processes at once: both end cleanly; each row is stored once."""
-    import os
-    import subprocess
-    import sys
-
     file = tmp_path / "many.jsonl"
     file.write_text(
         "".join(json.dumps({"input": f"n {i}", "output": str(i)}) + "\n" for i in range(300)),
@@ -197,7 +194,7 @@ def test_the_same_file_imported_twice_at_once_by_two_processes(cli, target, tmp_
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env) for _ in range(2)]  # fmt: skip
     outputs = [run.communicate(timeout=300) for run in runs]
-    for run, (out, err) in zip(runs, outputs, strict=True):
+    for run, (_, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err
         assert "Traceback" not in err
     added = sorted(int(out.split()[1]) for out, _ in outputs)
