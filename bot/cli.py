@@ -4,6 +4,7 @@ mistyped option included, prints one line (no traceback) and exits 1."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -25,15 +26,24 @@ from storage import Settings
 class OneLineErrors(TyperGroup):
     """The root command: click's usage errors (a bad option value, a missing argument, an
     unknown command) become one `Error:` line and exit 1, like the core's errors, instead of
-    click's boxed help and exit 2. Asking for help (`fewtune`, `--help`) is not an error."""
+    click's boxed help and exit 2. Asking for help (`--help`, a bare `fewtune`) keeps its output."""
 
-    def main(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, *, standalone_mode: bool = True, **extra: Any
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
     ) -> Any:
+        run_typer = functools.partial(
+            super().main, args, prog_name, complete_var, False, windows_expand_args, **extra
+        )
         if not standalone_mode:
-            return super().main(args, standalone_mode=False, **extra)
+            return run_typer()
         try:
-            code = super().main(args, standalone_mode=False, **extra)
+            code = run_typer()
         except usage.NoArgsIsHelpError as exc:
             exc.show()  # the help, as before
             sys.exit(exc.exit_code)
