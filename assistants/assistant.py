@@ -23,6 +23,7 @@ from sqlite_utils import Database
 
 from assistants.actor import Actor
 from assistants.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from assistants.text import check_text
 from storage.settings import Settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -34,6 +35,11 @@ MAX_K = 25
 VISIBILITIES = ("private", "guild", "public")
 SELECTORS = ("similarity", "mmr", "coverage", "random", "fixed")
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+:\S.*$")
+# The model after "provider:" is a name, never a path: letters, digits, ".", "_", "-" and ":"
+# (fine-tuned names hold colons), with at most one "/" as in Hugging Face's owner/model, and
+# every part starting with a letter or digit, so no "..", "~", "/etc" or "C:\\".
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9][A-Za-z0-9_.:-]*)?$")
+MAX_MODEL_NAME = 128
 EDITABLE = (
     "description",
     "instructions",
@@ -99,7 +105,7 @@ def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
             )
         out["name"] = name
     if "instructions" in out:
-        text = str(out["instructions"]).strip()
+        text = check_text(str(out["instructions"]).strip(), "The instructions")
         if not text:
             raise InvalidInput("The instructions are empty: say what the assistant should do.")
         if len(text) > MAX_INSTRUCTIONS:
@@ -108,14 +114,18 @@ def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
             )
         out["instructions"] = text
     if "description" in out:
-        text = str(out["description"] or "").strip()
+        text = check_text(str(out["description"] or "").strip(), "The description")
         if len(text) > MAX_DESCRIPTION:
             raise InvalidInput(
                 f"The description is {len(text):,} characters; the limit is {MAX_DESCRIPTION:,}."
             )
         out["description"] = text
     if "starters" in out:
-        starters = [str(s).strip() for s in (out["starters"] or []) if str(s).strip()]
+        starters = [
+            check_text(str(s).strip(), "A conversation starter")
+            for s in (out["starters"] or [])
+            if str(s).strip()
+        ]
         if len(starters) > MAX_STARTERS:
             raise InvalidInput(f"An assistant has at most {MAX_STARTERS} conversation starters.")
         if any(len(s) > MAX_STARTER_LENGTH for s in starters):
@@ -148,11 +158,17 @@ def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
             raise InvalidInput(
                 f"The model {model[:80]!r} must look like provider:model, e.g. local:SmolLM2-135M-Instruct."
             )
-        provider = model.split(":", 1)[0]
+        provider, model_name = model.split(":", 1)
         if provider != "local" and provider not in settings.providers:
             known = ", ".join(["local", *sorted(settings.providers)])
             raise InvalidInput(
                 f"Unknown provider {provider!r}: use one of {known}, or add it to fewtune.toml."
+            )
+        if len(model_name) > MAX_MODEL_NAME or not MODEL_NAME_PATTERN.fullmatch(model_name):
+            raise InvalidInput(
+                f"The model name {model_name[:80]!r} is not a model's name: use letters, digits, "
+                f"'.', '_', '-', ':' and at most one '/' (owner/model), up to {MAX_MODEL_NAME} "
+                "characters, e.g. local:SmolLM2-135M-Instruct."
             )
         out["model"] = model
     return out
@@ -203,7 +219,11 @@ class Assistants:
         """The assistant called `name` that the actor sees: their scope's first, then their own,
         then their guild's, then public ones."""
         key = str(name).strip().lower()
-        candidates = [a for a in self._rows("name_key = ?", [key]) if is_visible(actor, a)]
+        candidates = (
+            [a for a in self._rows("name_key = ?", [key]) if is_visible(actor, a)]
+            if NAME_PATTERN.match(key)  # no stored name is otherwise; nor can SQLite take any text
+            else []
+        )
         if not candidates:
             raise NotFound(
                 f"No assistant called {str(name)[:70]!r} here; `assistant list` shows the ones you can use."

@@ -33,6 +33,7 @@ from assistants.prompt import PromptTooLong, build_prompt
 from assistants.providers import ModelRef, Providers
 from assistants.ratelimit import UserRateLimiter, slow_down
 from assistants.selection import NEEDS_QUERY, select
+from assistants.text import check_text
 from storage.db import insert_row
 from storage.index import ExampleIndex
 from storage.settings import Settings
@@ -417,6 +418,7 @@ class Chat:
             raise InvalidInput(
                 f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE:,}."
             )
+        check_text(text, "The message")
         if isinstance(conversation, int):
             found = self.conversation(conversation)
         elif isinstance(conversation, Opening):

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from assistants.errors import ImportRejected, LimitExceeded
+from assistants.errors import ImportRejected, InvalidInput, LimitExceeded
+from assistants.text import check_text
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_LINES = 50_000
@@ -65,15 +66,26 @@ def parse_examples(filename: str, data: bytes) -> list[tuple[int, ExampleData]]:
 
 def _parse_jsonl(text: str) -> list[tuple[int, ExampleData]]:
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" alone: str.splitlines() also breaks at U+2028, U+0085 and the
+    # like, which JSON strings may hold unescaped (our own export writes them so).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ImportRejected(f"Line {number}: not valid JSON ({exc.msg}).") from exc
-        items.append((number, _from_object(obj, number)))
+        items.append((number, _from_object(load_json(line, f"Line {number}"), number)))
     return items
+
+
+def load_json(text: str, where: str) -> object:
+    """Parse JSON, or ImportRejected naming `where`: bad syntax, nesting too deep for the
+    parser (RecursionError) or an integer too long to convert (ValueError) alike."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportRejected(f"{where}: not valid JSON ({exc.msg}).") from exc
+    except RecursionError as exc:
+        raise ImportRejected(f"{where}: the JSON is nested too deeply.") from exc
+    except ValueError as exc:  # int() refuses over 4,300 digits
+        raise ImportRejected(f"{where}: the JSON holds a number too long to read.") from exc
 
 
 def _text(value: object, number: int, what: str) -> str:
@@ -81,7 +93,10 @@ def _text(value: object, number: int, what: str) -> str:
         raise ImportRejected(f"Line {number}: {what} must be a string.")
     if not value.strip():
         raise ImportRejected(f"Line {number}: {what} is empty.")
-    return value
+    try:
+        return check_text(value, f"Line {number}: {what}")
+    except InvalidInput as exc:
+        raise ImportRejected(str(exc)) from exc
 
 
 def _from_object(obj: object, number: int) -> ExampleData:

@@ -23,6 +23,7 @@ from assistants.actor import Actor
 from assistants.assistant import Assistant, Assistants, now
 from assistants.errors import InvalidInput, LimitExceeded, NotFound
 from assistants.example_files import ExampleData, dump_examples, parse_examples
+from assistants.text import check_text
 from storage.index import ExampleIndex
 
 MAX_EXAMPLES_PER_ASSISTANT = 100_000
@@ -77,6 +78,7 @@ def check_example(data: ExampleData, where: str = "The example") -> None:
     if not data.input.strip() or not data.output.strip():
         raise InvalidInput(f"{where} needs both an input and an output.")
     for label, text in (("input", data.input), ("output", data.output)):
+        check_text(text, f"{where}'s {label}")
         if len(text) > MAX_FIELD:
             raise InvalidInput(
                 f"{where}'s {label} is {len(text):,} characters; the limit is {MAX_FIELD:,}."
@@ -161,6 +163,7 @@ class Examples:
         """The k examples whose input is most like the query, best first, with cosine scores."""
         if not query.strip():
             raise InvalidInput("The search query is empty.")
+        check_text(query, "The search query")
         if not 1 <= k <= 100:
             raise InvalidInput("-k must be from 1 to 100.")
         assistant = self.assistants.get_managed(actor, name, "search the examples of")
@@ -224,7 +227,9 @@ class Examples:
     ) -> tuple[builtins.list[int], builtins.list[str], int]:
         """The SQLite half of `_insert`: the new rows' ids and inputs, and the duplicates skipped.
         Checking for duplicates and inserting under one lock means two imports of the same file
-        at once cannot both insert: the second finds the first's rows."""
+        at once in this process cannot both insert: the second finds the first's rows. Another
+        process (a second `fewtune example import`) holds no such lock, so a row it stored in
+        between is skipped by the UNIQUE constraint and counted as a duplicate."""
         seen: set[str] = set()
         rows = []
         stamp = now()
@@ -253,7 +258,6 @@ class Examples:
                 )
             }
             new_rows = [r for r in rows if r["content_hash"] not in existing]
-            duplicates = len(items) - len(new_rows)
             total = self._count(assistant.id) + len(new_rows)
             if total > MAX_EXAMPLES_PER_ASSISTANT:
                 raise LimitExceeded(
@@ -261,13 +265,24 @@ class Examples:
                     f"{MAX_EXAMPLES_PER_ASSISTANT:,}. Remove some first."
                 )
             if not new_rows:
-                return [], [], duplicates
+                return [], [], len(items)
+            columns = ", ".join(new_rows[0])
+            marks = ", ".join("?" * len(new_rows[0]))
+            ids: builtins.list[int] = []
+            texts: builtins.list[str] = []
             with self.db.conn:
                 self._mark_dirty(assistant.id)
-                ids: builtins.list[int] = []
                 for row in new_rows:
-                    ids.append(int(self.db.table("examples").insert(row).last_pk))  # type: ignore[arg-type]
-        return ids, [str(r["input"]) for r in new_rows], duplicates
+                    cursor = self.db.execute(
+                        f"INSERT OR IGNORE INTO examples ({columns}) VALUES ({marks})",
+                        list(row.values()),
+                    )
+                    if cursor.rowcount == 1:
+                        ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
+                        texts.append(str(row["input"]))
+                if not ids:
+                    self._unmark_dirty(assistant.id)  # nothing new: nothing for the index
+        return ids, texts, len(items) - len(ids)
 
     def add_correction(self, assistant: Assistant, input: str, output: str, author: str) -> Example:
         data = ExampleData(input=input, output=output)

@@ -14,6 +14,7 @@ from assistants.actor import Actor
 from assistants.assistant import Assistants, can_manage, is_visible, now
 from assistants.errors import InvalidInput, NotFound, PermissionDenied
 from assistants.examples import MAX_FIELD, Example, Examples
+from assistants.text import check_text
 
 
 @dataclass
@@ -86,6 +87,7 @@ class FeedbackBook:
         text = better_answer.strip()
         if not text:
             raise InvalidInput("The better answer is empty.")
+        check_text(text, "The better answer")
         if len(text) > MAX_FIELD:
             raise InvalidInput(f"The better answer is longer than {MAX_FIELD:,} characters.")
         self._reply(actor, message_id)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from assistants.actor import Actor
 from assistants.assistant import EDITABLE, Assistant
 from assistants.errors import FewtuneError, ImportRejected
+from assistants.example_files import load_json
 from assistants.examples import ImportResult
 
 if TYPE_CHECKING:  # the core holds the api, which calls these
@@ -25,7 +26,7 @@ DEFINITION = EDITABLE  # every setting a user can change, the name included
 def export_assistant(core: Core, actor: Actor, name: str) -> dict[str, Any]:
     """The definition and examples of an assistant the actor may manage (else PermissionDenied)."""
     assistant = core.assistants.get_managed(actor, name, "export")
-    lines = core.examples.export(actor, assistant.name, "jsonl").splitlines()
+    lines = core.examples.export(actor, assistant.name, "jsonl").split("\n")
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -39,11 +40,12 @@ def import_assistant(
 ) -> tuple[Assistant, ImportResult]:
     """Create an assistant (in the actor's scope, owned by the actor) from an exported file."""
     try:
-        bundle = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ImportRejected(
-            f"The file is not JSON exported by `/assistant export` ({exc})."
+            f"The file is not UTF-8 JSON exported by `/assistant export` (byte {exc.start})."
         ) from exc
+    bundle = load_json(text, "The file")
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise ImportRejected("The file is not an assistant exported by `/assistant export`.")
     if bundle.get("version") != VERSION:
@@ -60,7 +62,8 @@ def import_assistant(
     )
     if not examples:
         return assistant, ImportResult(added=0, duplicates=0)
-    jsonl = "\n".join(json.dumps(e, ensure_ascii=False) for e in examples).encode()
+    # ASCII escapes keep a lone surrogate encodable, for the reader to refuse by its line.
+    jsonl = "\n".join(json.dumps(e) for e in examples).encode()
     try:
         result = core.examples.import_data(actor, assistant.name, "examples.jsonl", jsonl)
     except FewtuneError:

@@ -1,26 +1,71 @@
-"""The `fewtune` command line: a thin layer over the core. Errors a user can cause print one line
-(no traceback) and exit 1; usage errors exit 2."""
+"""The `fewtune` command line: a thin layer over the core. Every error a user can cause, a
+mistyped option included, prints one line (no traceback) and exits 1."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import click
 import typer
+from typer._click import exceptions as usage  # typer parses with its own copy of click
+from typer.core import TyperGroup
 
 from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError
 from assistants.promotion import Step
 from storage import Settings
 
+
+class OneLineErrors(TyperGroup):
+    """The root command: click's usage errors (a bad option value, a missing argument, an
+    unknown command) become one `Error:` line and exit 1, like the core's errors, instead of
+    click's boxed help and exit 2. Asking for help (`--help`, a bare `fewtune`) keeps its output."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        run_typer = functools.partial(
+            super().main, args, prog_name, complete_var, False, windows_expand_args, **extra
+        )
+        if not standalone_mode:
+            return run_typer()
+        try:
+            code = run_typer()
+        except usage.NoArgsIsHelpError as exc:
+            exc.show()  # the help, as before
+            sys.exit(exc.exit_code)
+        except usage.UsageError as exc:
+            where = f" See `{exc.ctx.command_path} --help`." if exc.ctx else ""
+            fail(sentence(exc.format_message()) + where, exit=sys.exit)
+        except usage.ClickException as exc:
+            fail(sentence(exc.format_message()), exit=sys.exit)
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def sentence(message: str) -> str:
+    """click's message on one line, ending as a sentence."""
+    text = " ".join(message.split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 app = typer.Typer(
     name="fewtune",
+    cls=OneLineErrors,
     help="Custom assistants from instructions and few-shot examples, then their own LoRA models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -55,8 +100,11 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, exit: Callable[[int], NoReturn] | None = None) -> NoReturn:
+    """Print one `Error:` line and exit 1 (through `exit` where typer's Exit is not caught)."""
     typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
+    if exit is not None:
+        exit(1)
     raise typer.Exit(1)
 
 
