@@ -48,6 +48,11 @@ def dataset_figures(assistant: Assistant, stats: dict[str, Any]) -> str:
         "conversations)",
         f"- {stats.get('held_out_chats', 0)} held-out chats for the evaluation",
     ]
+    if stats.get("chats_with_examples"):
+        lines.append(
+            f"- {stats['chats_with_examples']} of them carry the examples each would be served "
+            "with (in the prompt, not learned)"
+        )
     removed = {k: v for k, v in (stats.get("filters") or {}).items() if v}
     if removed:
         lines.append(
