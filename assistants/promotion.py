@@ -4,7 +4,9 @@ Through the OpenAI fine-tuning API only (upload JSONL to /v1/files, create /v1/f
 follow its events, read `fine_tuned_model`), so the same code promotes on a fewtune server on a
 GPU machine (`local` by default) or on any hosted provider that offers fine-tuning.
 
-After the job: evaluation on the held-out split, the assistant as it is (few-shot) against the
+Training chats carry the examples the assistant retrieves for them, as it will be served
+(`[promotion] train_with_examples`, see assistants/dataset.py). After the job: evaluation on the
+held-out split, the assistant as it is (few-shot) against the
 fine-tuned model alone and with retrieved examples (the article's hybrid). The assistant then
 answers with the fine-tuned model plus its k retrieved examples (the hybrid), so the switch
 happens only when the hybrid scores at least as well as few-shot, unless forced. Scores: exact

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from fake_model import FakeModel
+from test_chat import closed_port
 from test_dataset import converse
 
 from assistants import TERMINAL, Actor, Core
@@ -232,7 +233,8 @@ async def test_the_evaluation_builds_held_out_prompts_as_served_and_leaves_one_o
                     )
                     .last_pk
                 )
-            promotion = core.promotions._get(int(promotion_id))  # as `to_resume` finds it
+            ((promotion, _),) = await core.promotions.to_resume("test")
+            assert promotion.id == promotion_id
             ended = await core.promotions.resume(promotion)
             await core.providers.close()
         finally:
@@ -255,3 +257,25 @@ async def test_the_evaluation_builds_held_out_prompts_as_served_and_leaves_one_o
             # Examples in the settings that use them, none alone; never a held-out one.
             assert len(context) == (0 if label == "fine_tuned" else 6)
             assert not held_out & {m["content"] for m in context}
+
+
+@pytest.mark.parametrize(("flag", "with_examples"), [(None, True), ("--train-alone", False)])
+def test_a_promotion_trains_with_examples_unless_told_not_to(
+    fewtune_home, embedder, cli, flag, with_examples
+):
+    """`fewtune promote --train-alone` reaches the dataset the promotion uploads (here to a
+    provider that is down: the promotion fails, its dataset's figures stay)."""
+    (fewtune_home / "fewtune.toml").write_text(
+        f'[providers.down]\nbase_url = "http://127.0.0.1:{closed_port()}/v1"\n'
+        "max_retries = 0\ntimeout = 5\n"
+    )
+    core = Core.open(fewtune_home, embedder=embedder)
+    try:
+        numbers(core, model="down:base", owner=TERMINAL)
+        result = cli("promote", "numbers", *([flag] if flag else []))
+        assert result.exit_code == 1
+        stats = core.promotions.latest(TERMINAL, "numbers").dataset_stats
+    finally:
+        core.close()
+    assert stats["with_examples"] is with_examples
+    assert stats["chats_with_examples"] == (len(WORDS) if with_examples else 0)
