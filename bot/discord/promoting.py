@@ -153,7 +153,11 @@ class Promoter:
         from bot.discord.items import cancel_promotion_view
 
         actor = actor_of(interaction)
-        assistant, _ = await self.core.promotions.to_promote(actor, assistant_id, force)
+        # The refusals only, before the button is answered (Discord waits 3 s): they do not
+        # depend on the chats' examples, which take an embedding each (the promotion adds them).
+        assistant, _ = await self.core.promotions.to_promote(
+            actor, assistant_id, force, with_examples=False
+        )
         await interaction.response.edit_message(
             content=f"Promoting **{assistant.name}**: progress is shown below.", view=None
         )
