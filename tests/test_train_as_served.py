@@ -16,6 +16,7 @@ from assistants.dataset import MAX_CHAT_TOKENS, build_dataset
 from assistants.promotion import EVALUATING
 from assistants.prompt import messages_tokens
 from storage.settings import SettingsError, load_settings
+from training.trainer.chat_data import validate_chat_jsonl
 
 OWNER = Actor("owner")
 WORDS = [
@@ -84,6 +85,9 @@ def test_each_chat_carries_what_compose_selects_for_it_in_the_served_layout(core
         assert [m["content"] for m in messages].count(own.input) == 1
         held_out = {e.input for e in rows.values() if e.id in data.held_out_example_ids}
         assert not held_out & {m["content"] for m in context}
+    # The fine-tuning API's own check accepts both files as they are uploaded.
+    for split in ("train", "held_out"):
+        assert len(validate_chat_jsonl(data.jsonl(split).encode())) == len(getattr(data, split))
 
 
 def test_a_duplicate_of_the_chats_example_is_left_out_too(core):
