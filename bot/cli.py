@@ -633,7 +633,7 @@ def dataset_stats(
         return
     for key, value in data.stats.items():
         if key != "filters":
-            typer.echo(f"{key:16} {value}")
+            typer.echo(f"{key:20} {value}")
     for key, value in data.stats["filters"].items():
         typer.echo(f"  filter {key:24} {value}")
 
