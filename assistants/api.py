@@ -105,8 +105,11 @@ class Api:
     async def rollback(self, actor: Actor, name: str) -> Assistant:
         return await self._run(self._core.promotions.rollback, actor, name)
 
-    async def dataset(self, actor: Actor, name: str) -> tuple[Assistant, Dataset]:
-        return await self._run(self._core.promotions.dataset, actor, name)
+    async def dataset(
+        self, actor: Actor, name: str, with_examples: bool | None = None
+    ) -> tuple[Assistant, Dataset]:
+        """What a promotion would train on (`with_examples`: None follows fewtune.toml)."""
+        return await self._run(self._core.promotions.dataset, actor, name, with_examples)
 
     # -- examples ------------------------------------------------------------------------------
 

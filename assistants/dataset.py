@@ -10,6 +10,14 @@ Rules, each counted in the stats (`fewtune dataset stats NAME`):
 - Empty turns and chats over the length limit are dropped; exact duplicates are removed.
 - A held-out split for evaluation, stable across runs: a chat goes to it when the hash of its
   content falls in the held-out fraction, so adding data never moves an old chat across.
+- Trained the way it serves (`serve` given: `[promotion] train_with_examples`): each chat's last
+  message gets the prompt `Chat.compose` builds for it (system = instructions, the examples the
+  assistant retrieves for it as turns, the history, the message), then its answer. The example
+  turns carry `"weight": 0`, so only the real answers are learned, not the examples. Leave one
+  out: a chat never sees its own example, an example with the same turns (after trimming) or
+  sharing a question/answer pair with it, nor a held-out example (the evaluation's pool is the
+  same). The split, the duplicates and the length rule read the chat's own turns, so the setting
+  changes the prompts and never which chats there are.
 
 Pure Python on purpose (no torch): the bot and the CLI build datasets without a model.
 """
@@ -18,17 +26,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
+from assistants.errors import InvalidInput
 from assistants.prompt import messages_tokens
+
+if TYPE_CHECKING:
+    from assistants.chat import Composed
 
 HELD_OUT_FRACTION = 0.1
 MAX_CHAT_TOKENS = 2048  # estimated; a longer chat is dropped rather than cut mid-turn
+
+# The prompt serving builds for a message: (history, message, examples to leave out, seed).
+Serve = Callable[[list[dict[str, str]], str, frozenset[int], int], "Composed"]
+
+
+@dataclass(frozen=True)
+class HeldOutItem:
+    """One held-out chat as the evaluation asks it: the history, the last question, the answer
+    to expect, and the examples its prompts must leave out (leave one out, as in training)."""
+
+    history: list[dict[str, str]]
+    question: str
+    target: str
+    exclude: frozenset[int]
 
 
 @dataclass
@@ -37,6 +64,7 @@ class Dataset:
     held_out: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     held_out_example_ids: set[int] = field(default_factory=set)  # kept out of few-shot evaluation
+    held_out_items: list[HeldOutItem] = field(default_factory=list)
 
     def jsonl(self, split: str = "train") -> str:
         rows = self.train if split == "train" else self.held_out
@@ -69,11 +97,14 @@ def build_dataset(
     *,
     held_out_fraction: float = HELD_OUT_FRACTION,
     max_tokens: int = MAX_CHAT_TOKENS,
+    serve: Serve | None = None,
 ) -> Dataset:
-    """Collect, filter and split an assistant's training chats."""
+    """Collect, filter and split an assistant's training chats; with `serve` (the assistant's
+    `Chat.compose`), each carries the examples it would be served with."""
     removed: Counter[str] = Counter()
-    chats: list[tuple[str, int, list[dict[str, Any]]]] = []  # (origin, id, messages)
+    chats: list[tuple[str, int, int, list[dict[str, Any]]]] = []  # (origin, id, seed, messages)
     system = {"role": "system", "content": instructions}
+    same_turns: defaultdict[str, set[int]] = defaultdict(set)  # fingerprint -> example ids
 
     for row in db.query(
         "SELECT id, input, output, turns FROM examples WHERE assistant_id = ? ORDER BY id",
@@ -87,13 +118,16 @@ def build_dataset(
                 {"role": "assistant", "content": row["output"]},
             ]
         )
-        chats.append(("example", row["id"], [system, *turns]))
+        for key in _keys(turns):
+            same_turns[key].add(row["id"])
+        chats.append(("example", row["id"], row["id"], [system, *turns]))
 
     opted_out = {
         r[0] for r in db.execute("SELECT user_id FROM user_preferences WHERE opted_out = 1")
     }
     conversations = db.query(
-        "SELECT id, user_id FROM conversations WHERE assistant_id = ? ORDER BY id", [assistant_id]
+        "SELECT id, user_id, seed FROM conversations WHERE assistant_id = ? ORDER BY id",
+        [assistant_id],
     )
     for conversation in conversations:
         if conversation["user_id"] in opted_out:
@@ -101,18 +135,19 @@ def build_dataset(
             continue
         messages = _conversation_messages(db, conversation["id"], removed)
         if messages:
-            chats.append(("conversation", conversation["id"], [system, *messages]))
+            chats.append(
+                ("conversation", conversation["id"], conversation["seed"], [system, *messages])
+            )
 
     dataset = Dataset()
     seen: set[str] = set()
-    tokens = Counter[str]()
+    kept: list[tuple[str, int, list[dict[str, Any]]]] = []  # (split, seed, messages)
     origins = Counter[str]()
-    for origin, origin_id, messages in chats:
+    for origin, origin_id, seed, messages in chats:
         if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
             removed["nothing_to_learn"] += 1
             continue
-        size = messages_tokens(messages)  # the prompt builder's estimate
-        if size > max_tokens:
+        if messages_tokens(messages) > max_tokens:  # the prompt builder's estimate
             removed["too_long"] += 1
             continue
         fingerprint = _fingerprint(messages)
@@ -121,11 +156,28 @@ def build_dataset(
             continue
         seen.add(fingerprint)
         split = "held_out" if is_held_out(fingerprint, held_out_fraction) else "train"
-        (dataset.held_out if split == "held_out" else dataset.train).append({"messages": messages})
         if split == "held_out" and origin == "example":
             dataset.held_out_example_ids.add(origin_id)
-        tokens[split] += size
+        kept.append((split, seed, messages))
         origins[origin] += 1
+
+    tokens = Counter[str]()
+    with_examples = 0
+    for split, seed, messages in kept:
+        # Leave one out: never the chat's own example, nor one sharing its turns or a pair.
+        exclude = frozenset(dataset.held_out_example_ids).union(
+            *(same_turns.get(key, ()) for key in _keys(messages))
+        )
+        if split == "held_out":
+            item = _held_out_item(messages, exclude)
+            if item is not None:
+                dataset.held_out_items.append(item)
+        if serve is not None:
+            served = _as_served(messages, serve, exclude, seed, max_tokens)
+            with_examples += served is not messages
+            messages = served
+        (dataset.held_out if split == "held_out" else dataset.train).append({"messages": messages})
+        tokens[split] += messages_tokens(messages)
     dataset.stats = {
         "examples": origins["example"],
         "conversations": origins["conversation"],
@@ -133,9 +185,71 @@ def build_dataset(
         "held_out_chats": len(dataset.held_out),
         "train_tokens": tokens["train"],
         "held_out_tokens": tokens["held_out"],
+        "with_examples": serve is not None,  # whether chats carry their retrieved examples
+        "chats_with_examples": with_examples,  # how many (train and held out) carry some
         "filters": dict(sorted(removed.items())),  # what each rule removed or changed
     }
     return dataset
+
+
+def _keys(messages: list[dict[str, Any]]) -> set[str]:
+    """Fingerprints of a chat's (or an example's) whole turns and of each question/answer pair
+    in it: an example sharing one with a chat is, for that chat, a duplicate of its own."""
+    keys = {_fingerprint(messages)}
+    for question, answer in zip(messages, messages[1:], strict=False):
+        if question["role"] == "user" and answer["role"] == "assistant":
+            keys.add(_fingerprint([question, answer]))
+    return keys
+
+
+def _last_answer(messages: list[dict[str, Any]]) -> int | None:
+    """Index of the chat's last answer when a question comes right before it."""
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not answers or answers[-1] < 2 or messages[answers[-1] - 1]["role"] != "user":
+        return None
+    return answers[-1]
+
+
+def _held_out_item(messages: list[dict[str, Any]], exclude: frozenset[int]) -> HeldOutItem | None:
+    last = _last_answer(messages)
+    if last is None or messages[last].get("weight", 1) == 0:
+        return None  # nothing to score against
+    history = [{"role": m["role"], "content": m["content"]} for m in messages[1 : last - 1]]
+    return HeldOutItem(history, messages[last - 1]["content"], messages[last]["content"], exclude)
+
+
+def _as_served(
+    messages: list[dict[str, Any]],
+    serve: Serve,
+    exclude: frozenset[int],
+    seed: int,
+    max_tokens: int,
+) -> list[dict[str, Any]]:
+    """The chat with its last question in the prompt serving builds for it (the same list back
+    when no example is in it, or when with them it would pass the length limit: a long answer
+    the prompt budget did not reckon with). Example turns get weight 0; the chat's own turns
+    keep theirs."""
+    last = _last_answer(messages)
+    if last is None:
+        return messages
+    own = messages[1 : last - 1]  # the history, as stored (with its weights)
+    history = [{"role": m["role"], "content": m["content"]} for m in own]
+    try:
+        composed = serve(history, messages[last - 1]["content"], exclude, seed)
+    except InvalidInput:
+        return messages  # the message alone overflows the prompt budget: it stays as it is
+    if not composed.examples:
+        return messages
+    # The prompt ends with the history serving kept and the question; before them, the context.
+    kept_history = own[composed.trimmed.get("history_messages", 0) :]
+    context = composed.messages[: len(composed.messages) - len(kept_history) - 1]
+    served: list[dict[str, Any]] = [
+        *({**m, "weight": 0} if m["role"] == "assistant" else dict(m) for m in context),
+        *kept_history,
+        messages[last - 1],
+        *messages[last:],
+    ]
+    return served if messages_tokens(served) <= max_tokens else messages
 
 
 def _conversation_messages(

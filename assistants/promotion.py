@@ -4,7 +4,9 @@ Through the OpenAI fine-tuning API only (upload JSONL to /v1/files, create /v1/f
 follow its events, read `fine_tuned_model`), so the same code promotes on a fewtune server on a
 GPU machine (`local` by default) or on any hosted provider that offers fine-tuning.
 
-After the job: evaluation on the held-out split, the assistant as it is (few-shot) against the
+Training chats carry the examples the assistant retrieves for them, as it will be served
+(`[promotion] train_with_examples`, see assistants/dataset.py). After the job: evaluation on the
+held-out split, the assistant as it is (few-shot) against the
 fine-tuned model alone and with retrieved examples (the article's hybrid). The assistant then
 answers with the fine-tuned model plus its k retrieved examples (the hybrid), so the switch
 happens only when the hybrid scores at least as well as few-shot, unless forced. Scores: exact
@@ -38,7 +40,7 @@ from sqlite_utils import Database
 
 from assistants.actor import Actor
 from assistants.assistant import Assistant, Assistants, now
-from assistants.chat import Chat
+from assistants.chat import Chat, Composed
 from assistants.dataset import Dataset, build_dataset
 from assistants.errors import InvalidInput, LimitExceeded, NotFound, ProviderError
 from assistants.providers import LOCAL, ModelRef, Providers, describe
@@ -144,20 +146,39 @@ class Promotions:
 
     # -- the dataset ---------------------------------------------------------------------------
 
-    def dataset(self, actor: Actor, name: str) -> tuple[Assistant, Dataset]:
+    def dataset(
+        self, actor: Actor, name: str, with_examples: bool | None = None
+    ) -> tuple[Assistant, Dataset]:
+        """The chats a promotion of `name` would train on (`with_examples`: whether they carry
+        their retrieved examples; None: `[promotion] train_with_examples`)."""
         assistant = self.assistants.get_managed(actor, name, "export the training data of")
-        return assistant, build_dataset(self.db, assistant.id, assistant.instructions)
+        return assistant, self._build(assistant, with_examples)
+
+    def _build(self, assistant: Assistant, with_examples: bool | None) -> Dataset:
+        if with_examples is None:
+            with_examples = self.chat.settings.promotion.train_with_examples
+
+        def serve(
+            history: list[dict[str, str]], text: str, exclude: frozenset[int], seed: int
+        ) -> Composed:
+            return self.chat.compose(assistant, history, text, seed=seed, exclude=exclude)
+
+        return build_dataset(
+            self.db, assistant.id, assistant.instructions, serve=serve if with_examples else None
+        )
 
     def _name(self, name: str | int) -> str:
         """An assistant's name, from a name or an id (a Discord button's)."""
         return self.assistants.by_id(name).name if isinstance(name, int) else name
 
-    def _to_promote(self, actor: Actor, name: str | int, force: bool) -> tuple[Assistant, Dataset]:
+    def _to_promote(
+        self, actor: Actor, name: str | int, force: bool, with_examples: bool | None = None
+    ) -> tuple[Assistant, Dataset]:
         """The assistant and its dataset, refused unless a promotion may start: the actor
         manages it, none is active, and there is enough to train on (the one minimum-data rule)."""
         assistant = self.assistants.get_managed(actor, self._name(name), "promote")
         self._refuse_if_active(assistant)
-        data = build_dataset(self.db, assistant.id, assistant.instructions)
+        data = self._build(assistant, with_examples)
         if len(data.train) < MIN_TRAIN_CHATS and not force:
             raise InvalidInput(
                 f"{assistant.name!r} has {len(data.train)} training chats; promotion needs at "
@@ -169,12 +190,12 @@ class Promotions:
         return assistant, data
 
     async def to_promote(
-        self, actor: Actor, name: str | int, force: bool
+        self, actor: Actor, name: str | int, force: bool, with_examples: bool | None = None
     ) -> tuple[Assistant, Dataset]:
         """What a promotion of `name` (or the assistant with that id) would train on, refused
         as `start` would refuse it."""
         result: tuple[Assistant, Dataset] = await self._in_thread(
-            self._to_promote, actor, name, force
+            self._to_promote, actor, name, force, with_examples
         )
         return result
 
@@ -296,10 +317,12 @@ class Promotions:
         hyperparameters: dict[str, Any] | None = None,
         force: bool = False,
         follower: dict[str, Any] | None = None,
+        with_examples: bool | None = None,
     ) -> Promotion:
         """Build the dataset, upload it and create the fine-tuning job (`follower`: where a
-        frontend shows its progress, see `follow_from`)."""
-        assistant, data = await self.to_promote(actor, name, force)
+        frontend shows its progress, see `follow_from`; `with_examples`: whether the training
+        chats carry their retrieved examples, None: `[promotion] train_with_examples`)."""
+        assistant, data = await self.to_promote(actor, name, force, with_examples)
         provider = provider or ModelRef.parse(assistant.model).provider
         base = self._base_model(assistant, provider, base_model)
         promotion_id = await self._in_thread(
@@ -419,6 +442,7 @@ class Promotions:
         force: bool = False,
         resumable: bool = False,
         poll_seconds: float = 2.0,
+        with_examples: bool | None = None,
     ) -> Promotion:
         """The whole promotion: start, follow the job, evaluate, switch (force: with little data,
         and even if not better). Each step goes to on_step; the promotion as it ended is returned
@@ -436,6 +460,7 @@ class Promotions:
             hyperparameters=hyperparameters,
             force=force,
             follower=follower,
+            with_examples=with_examples,
         )
         try:
             if on_step:
@@ -534,15 +559,9 @@ class Promotions:
         split; the scores are stored with the promotion."""
         assert promotion.fine_tuned_model is not None
         assistant = await self._in_thread(self.assistants.by_id, promotion.assistant_id)
+        # The held-out chats' own turns (their prompts are built here): no retrieval needed.
         data = await self._in_thread(build_dataset, self.db, assistant.id, assistant.instructions)
-        items = []
-        for chat in data.held_out[:limit]:
-            messages = chat["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            if messages[last].get("weight", 1) == 0 or messages[last - 1]["role"] != "user":
-                continue
-            history = [{"role": m["role"], "content": m["content"]} for m in messages[1 : last - 1]]
-            items.append((history, messages[last - 1]["content"], messages[last]["content"]))
+        items = data.held_out_items[:limit]
         if not items:
             raise InvalidInput(f"{assistant.name!r} has no held-out chats to evaluate on.")
         few_shot_model = ModelRef.parse(promotion.previous_model or assistant.model)
@@ -552,21 +571,26 @@ class Promotions:
             "fine_tuned": (tuned, 0),
             "fine_tuned_with_examples": (tuned, assistant.k),
         }
-        exclude = frozenset(data.held_out_example_ids)
         max_tokens = assistant.max_tokens or self.providers.settings.chat.reply_tokens
         results: dict[str, Any] = {}
         for label, (model, k) in settings.items():
             exact = 0
             f1 = 0.0
             outcomes = []
-            for history, question, target in items:
+            for item in items:
+                # Built as serving builds it, leaving out what training left out (leave one out).
                 composed = await self._in_thread(
-                    self.chat.compose, assistant, history, question, k=k, exclude=exclude
+                    self.chat.compose,
+                    assistant,
+                    item.history,
+                    item.question,
+                    k=k,
+                    exclude=item.exclude,
                 )
                 answer = await self._answer(model, composed.messages, max_tokens)
-                hit = normalise(answer) == normalise(target)
+                hit = normalise(answer) == normalise(item.target)
                 exact += hit
-                f1 += token_f1(answer, target)
+                f1 += token_f1(answer, item.target)
                 outcomes.append(int(hit))
             results[label] = {
                 "model": str(model),

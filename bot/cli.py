@@ -644,6 +644,18 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(adapter_app, name="adapter")
 
 
+# Per promotion (and its dataset), over `[promotion] train_with_examples` in fewtune.toml.
+WithExamplesOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--train-with-examples/--train-alone",
+        help="Training chats carry the examples retrieved for them, as served (default: "
+        "[promotion] train_with_examples, true), or not.",
+        show_default=False,
+    ),
+]
+
+
 @dataset_app.command("export")
 def dataset_export(
     name: NameArg,
@@ -651,12 +663,13 @@ def dataset_export(
         Path | None, typer.Option("--output", "-o", help="A file instead of stdout.")
     ] = None,
     split: Annotated[str, typer.Option(help="train or held_out.")] = "train",
+    with_examples: WithExamplesOpt = None,
 ) -> None:
     """Export the training chats as OpenAI chat JSONL."""
     if split not in ("train", "held_out"):
         fail("--split must be train or held_out.")
     core = open_core()
-    _, data = run(core.api.dataset(TERMINAL, name))
+    _, data = run(core.api.dataset(TERMINAL, name, with_examples))
     text = data.jsonl(split)
     if not write_output(text, output):
         return
@@ -664,16 +677,18 @@ def dataset_export(
 
 
 @dataset_app.command("stats")
-def dataset_stats(name: NameArg, as_json: JsonOpt = False) -> None:
-    """Conversations, examples, tokens, and what each filter removed."""
+def dataset_stats(
+    name: NameArg, as_json: JsonOpt = False, with_examples: WithExamplesOpt = None
+) -> None:
+    """Conversations, examples, tokens, how many chats carry examples, what each filter removed."""
     core = open_core()
-    _, data = run(core.api.dataset(TERMINAL, name))
+    _, data = run(core.api.dataset(TERMINAL, name, with_examples))
     if as_json:
         emit_json(data.stats)
         return
     for key, value in data.stats.items():
         if key != "filters":
-            typer.echo(f"{key:16} {value}")
+            typer.echo(f"{key:20} {value}")
     for key, value in data.stats["filters"].items():
         typer.echo(f"  filter {key:24} {value}")
 
@@ -716,7 +731,9 @@ async def show_step(step: Step) -> None:
         typer.echo(f"  {step.message}")
 
 
-async def _promote(core: Core, name: str, provider, base_model, wait: bool, force: bool, epochs):
+async def _promote(
+    core: Core, name: str, provider, base_model, wait: bool, force: bool, epochs, with_examples
+):
     hyper = {"n_epochs": epochs} if epochs is not None else None
     try:
         if not wait:
@@ -727,6 +744,7 @@ async def _promote(core: Core, name: str, provider, base_model, wait: bool, forc
                 base_model=base_model,
                 hyperparameters=hyper,
                 force=force,
+                with_examples=with_examples,
             )
             await show_step(Step("started", promotion))
             typer.echo(f"Follow it with `fewtune promote status {name}`.")
@@ -740,6 +758,7 @@ async def _promote(core: Core, name: str, provider, base_model, wait: bool, forc
             base_model=base_model,
             hyperparameters=hyper,
             force=force,
+            with_examples=with_examples,
         )
     finally:
         await core.providers.close()
@@ -781,6 +800,7 @@ def promote(
         bool, typer.Option("--force", help="Promote with little data; switch even if not better.")
     ] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: auto).")] = None,
+    with_examples: WithExamplesOpt = None,
 ) -> None:
     """Fine-tune an assistant's own model (`fewtune promote status NAME` shows the latest,
     `fewtune promote cancel NAME` cancels the running one)."""
@@ -804,7 +824,7 @@ def promote(
             f"Unexpected argument {target!r}: `fewtune promote NAME`, `fewtune promote status NAME` "
             "or `fewtune promote cancel NAME`."
         )
-    run(_promote(core, name, provider, base_model, wait, force, epochs))
+    run(_promote(core, name, provider, base_model, wait, force, epochs, with_examples))
 
 
 @app.command("rollback")

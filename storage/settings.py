@@ -19,6 +19,9 @@ Example `fewtune.toml`:
 
     [chat]
     default_model = "local:SmolLM2-135M-Instruct"
+
+    [promotion]
+    train_with_examples = true         # training chats carry their retrieved examples, as served
 """
 
 from __future__ import annotations
@@ -99,12 +102,28 @@ MODEL_TRANSPORTS = ("process", "inline")
 
 
 @dataclass(frozen=True)
+class PromotionSettings:
+    # Each training chat carries the examples the assistant retrieves for it, in the prompt
+    # layout it is served with (weight 0 on them): a model promoted to answer with examples
+    # learns to use them, not to ignore them. `fewtune promote --train-alone` turns it off once.
+    train_with_examples: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_with_examples, bool):
+            raise SettingsError(
+                "fewtune.toml: promotion.train_with_examples must be true or false, "
+                f"not {self.train_with_examples!r}."
+            )
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=ServerSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
 
     @property
     def db_path(self) -> Path:
@@ -194,4 +213,5 @@ def load_settings(home: str | Path | None = None) -> Settings:
         server=_build(ServerSettings, _section(data, "server"), "server"),
         index=_build(IndexSettings, index_values, "index"),
         chat=_build(ChatSettings, _section(data, "chat"), "chat"),
+        promotion=_build(PromotionSettings, _section(data, "promotion"), "promotion"),
     )

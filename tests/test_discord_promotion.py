@@ -126,6 +126,7 @@ async def test_promote_shows_the_dataset_and_cancel_starts_nothing(world: World)
     assert asked is not None, ix.text()
     assert ix.ephemeral and "Promote helper?" in asked.content
     assert "training chats" in asked.content and "held-out" in asked.content
+    assert "20 of them carry the examples each would be served with" in asked.content
     assert [b["label"] for b in asked.buttons()] == ["Promote", "Cancel"]
     cancelled = await w.fake.click(asked, "Cancel", user=w.manager)
     await w.fake.answered(cancelled)

@@ -48,6 +48,11 @@ def dataset_figures(assistant: Assistant, stats: dict[str, Any]) -> str:
         "conversations)",
         f"- {stats.get('held_out_chats', 0)} held-out chats for the evaluation",
     ]
+    if stats.get("chats_with_examples"):
+        lines.append(
+            f"- {stats['chats_with_examples']} of them carry the examples each would be served "
+            "with (in the prompt, not learned)"
+        )
     removed = {k: v for k, v in (stats.get("filters") or {}).items() if v}
     if removed:
         lines.append(
@@ -148,7 +153,11 @@ class Promoter:
         from bot.discord.items import cancel_promotion_view
 
         actor = actor_of(interaction)
-        assistant, _ = await self.core.promotions.to_promote(actor, assistant_id, force)
+        # The refusals only, before the button is answered (Discord waits 3 s): they do not
+        # depend on the chats' examples, which take an embedding each (the promotion adds them).
+        assistant, _ = await self.core.promotions.to_promote(
+            actor, assistant_id, force, with_examples=False
+        )
         await interaction.response.edit_message(
             content=f"Promoting **{assistant.name}**: progress is shown below.", view=None
         )
