@@ -32,6 +32,7 @@ MAX_DESCRIPTION = 1_000
 MAX_STARTERS = 4
 MAX_STARTER_LENGTH = 200
 MAX_K = 25
+MAX_HISTORY = 1000  # earlier exchanges per prompt; far more than any context window holds
 VISIBILITIES = ("private", "guild", "public")
 SELECTORS = ("similarity", "mmr", "coverage", "random", "fixed")
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+:\S.*$")
@@ -50,6 +51,7 @@ EDITABLE = (
     "selector",
     "temperature",
     "max_tokens",
+    "history",
     "name",
 )
 
@@ -75,6 +77,7 @@ class Assistant:
     selector: str = "similarity"
     temperature: float = 0.7
     max_tokens: int | None = None
+    history: int | None = None  # earlier exchanges in each prompt; None: all the budget holds
     version: int = 1
     created_at: str = ""
     updated_at: str = ""
@@ -92,6 +95,24 @@ class Assistant:
         fields = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
         fields["starters"] = json.loads(row["starters"] or "[]")
         return cls(**fields)
+
+
+def history_setting(value: Any) -> int | None:
+    """The `history` setting from a number or from text a user typed: a whole number of earlier
+    exchanges (0: every message stands alone), or None / "all" / blank for every one that fits."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "all"):
+            return None
+        value = int(text) if text.isdecimal() else text
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HISTORY:
+        raise InvalidInput(
+            f"history (earlier exchanges in each prompt) must be a whole number from 0 to "
+            f"{MAX_HISTORY}, or all."
+        )
+    return value
 
 
 def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -152,6 +173,8 @@ def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
         m = out["max_tokens"]
         if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 32_768:
             raise InvalidInput("max tokens must be a whole number from 1 to 32768.")
+    if "history" in out:
+        out["history"] = history_setting(out["history"])
     if "model" in out:
         model = str(out["model"]).strip()
         if not MODEL_PATTERN.match(model):
@@ -283,6 +306,7 @@ class Assistants:
         selector: str = "similarity",
         temperature: float = 0.7,
         max_tokens: int | None = None,
+        history: int | str | None = None,
     ) -> Assistant:
         values = validate(
             {
@@ -296,6 +320,7 @@ class Assistants:
                 "selector": selector,
                 "temperature": temperature,
                 "max_tokens": max_tokens,
+                "history": history,
             },
             self.settings,
         )
@@ -420,4 +445,6 @@ class Assistants:
                 raise NotFound(f"{assistant.name!r} has no version {version}.")
             snapshot = json.loads(row[0])
             changes = {k: snapshot[k] for k in EDITABLE if k in snapshot}
+            # A version recorded before the setting existed put every earlier turn in.
+            changes.setdefault("history", None)
             return self._apply(actor, assistant, changes, f"restore {version}")

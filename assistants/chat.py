@@ -29,7 +29,7 @@ from assistants.errors import (
 )
 from assistants.examples import Example, Examples
 from assistants.origin import NoAssistant, Origin
-from assistants.prompt import PromptTooLong, build_prompt
+from assistants.prompt import PromptTooLong, build_prompt, last_turns
 from assistants.providers import ModelRef, Providers
 from assistants.ratelimit import UserRateLimiter, slow_down
 from assistants.selection import NEEDS_QUERY, select
@@ -435,11 +435,15 @@ class Chat:
         assistant = self.assistants.by_id(found.assistant_id)
         if not is_visible(actor, assistant):
             raise NotFound("That assistant is not available here.")
-        history = [
-            {"role": m["role"], "content": m["content"]}
-            for m in self.history(conversation_id)
-            if m["status"] == "ok"
-        ]
+        history = (
+            [
+                {"role": m["role"], "content": m["content"]}
+                for m in self.history(conversation_id)
+                if m["status"] == "ok"
+            ]
+            if assistant.history != 0  # standing alone, a message needs no read of the past
+            else []
+        )
         try:
             composed = self.compose(assistant, history, text, seed=found.seed)
         except InvalidInput:
@@ -486,7 +490,8 @@ class Chat:
         exclude: frozenset[int] = frozenset(),
     ) -> Composed:
         """Select examples and build the prompt for one message; stores nothing. `k` overrides
-        the assistant's (evaluation compares with and without examples)."""
+        the assistant's (evaluation compares with and without examples). Of `history` only the
+        assistant's last `history` exchanges go in, then the budget trims what does not fit."""
         k = assistant.k if k is None else k
         selected_ids: list[int] = []
         scores: list[float | None] = []
@@ -519,7 +524,7 @@ class Chat:
             prompt = build_prompt(
                 assistant.instructions,
                 [(e.id, e.as_messages()) for e in examples],
-                history,
+                last_turns(history, assistant.history),
                 text,
                 budget,
             )

@@ -39,7 +39,10 @@ def install_demo(core: Core, actor: Actor) -> Assistant:
         starters=definition.get("starters", []),
         k=definition.get("k", 4),
         selector=definition.get("selector", "similarity"),
-        temperature=0.0,
+        # A number's digits follow from its words alone: no sampling, and no earlier numbers
+        # in the prompt for a small model to drift towards.
+        temperature=definition.get("temperature", 0.0),
+        history=definition.get("history", 0),
     )
     try:
         core.examples.import_data(actor, assistant.name, "numbers.jsonl", examples)

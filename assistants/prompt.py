@@ -38,6 +38,20 @@ class PromptTooLong(ValueError):
         self.budget = budget
 
 
+def last_turns(history: list[dict[str, str]], turns: int | None) -> list[dict[str, str]]:
+    """The last `turns` exchanges of `history` (oldest first); None keeps it all.
+
+    An exchange is a user message and what answered it, so it starts at a user message: a
+    message whose reply failed (left out of history) is an exchange of its own.
+    """
+    if turns is None:
+        return history
+    if turns <= 0:
+        return []
+    starts = [i for i, m in enumerate(history) if m["role"] == "user"]
+    return history[starts[-turns] :] if len(starts) >= turns else history
+
+
 def build_prompt(
     instructions: str,
     examples: list[tuple[int, list[dict[str, str]]]],

@@ -648,7 +648,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="test items (default: all)")
     parser.add_argument("--k-values", default="1,3,5,8", help="k for the few-shot settings")
     parser.add_argument("--skip-promotion", action="store_true", help="few-shot settings only")
-    parser.add_argument("--epochs", type=int, default=1, help="n_epochs of the fine-tuning job")
+    parser.add_argument(
+        "--epochs",
+        type=lambda text: text if text == "auto" else int(text),
+        default=1,
+        help='n_epochs of the fine-tuning job: a number, or "auto" (from the training size)',
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: the API's auto")
     parser.add_argument("--lr", type=float, default=2.0, help="learning_rate_multiplier")
     parser.add_argument(

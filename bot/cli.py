@@ -164,6 +164,7 @@ def emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+HISTORY_HELP = "Earlier exchanges in each prompt: a number (0: each message alone) or all."
 NameArg = Annotated[str, typer.Argument(help="The assistant's name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -185,6 +186,7 @@ def assistant_create(
     ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0-2).")] = 0.7,
     max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
+    history: Annotated[str | None, typer.Option(help=HISTORY_HELP)] = None,
     visibility: Annotated[Visibility, typer.Option(help="Who may use it.")] = Visibility.private,
     starter: Annotated[
         list[str] | None, typer.Option(help="A conversation starter (up to 4).")
@@ -203,6 +205,7 @@ def assistant_create(
             model=model,
             temperature=temperature,
             max_tokens=max_tokens,
+            history=history,
             visibility=visibility.value,
             starters=starter or [],
         )
@@ -222,6 +225,7 @@ def assistant_edit(
     model: Annotated[str | None, typer.Option()] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
     max_tokens: Annotated[int | None, typer.Option()] = None,
+    history: Annotated[str | None, typer.Option(help=HISTORY_HELP)] = None,
     visibility: Annotated[Visibility | None, typer.Option()] = None,
     starter: Annotated[list[str] | None, typer.Option(help="Replaces all starters.")] = None,
     rename: Annotated[str | None, typer.Option(help="A new name.")] = None,
@@ -235,6 +239,7 @@ def assistant_edit(
         "model": model,
         "temperature": temperature,
         "max_tokens": max_tokens,
+        "history": history,  # text: a number or "all", read by the core
         "visibility": visibility.value if visibility else None,
         "starters": starter,
         "name": rename,
@@ -257,6 +262,7 @@ def assistant_show(name: NameArg, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(data)
         return
+    shown = {**data, "history": "all" if assistant.history is None else assistant.history}
     typer.secho(assistant.name, bold=True)
     if assistant.description:
         typer.echo(assistant.description)
@@ -267,12 +273,13 @@ def assistant_show(name: NameArg, as_json: JsonOpt = False) -> None:
         "selector",
         "temperature",
         "max_tokens",
+        "history",
         "visibility",
         "version",
         "examples",
     ):
-        if data.get(key) is not None:
-            typer.echo(f"  {key}: {data[key]}")
+        if shown.get(key) is not None:
+            typer.echo(f"  {key}: {shown[key]}")
     for text in assistant.starters:
         typer.echo(f"  starter: {text}")
     typer.echo("instructions:")

@@ -158,6 +158,8 @@ def render() -> dict[Path, str]:
         "starters": starters(pool, demo),
         "k": 4,
         "selector": "similarity",
+        "temperature": 0,
+        "history": 0,
     }
     return {
         DEMO_JSONL: _jsonl([{"input": r.input, "output": r.output} for r in demo]),

@@ -232,6 +232,13 @@ def m006_coverage_selector(db: Database) -> None:
     db.execute("PRAGMA writable_schema=OFF")
 
 
+@migrations()
+def m007_assistant_history(db: Database) -> None:
+    # How many earlier exchanges go into each prompt; NULL (every assistant made before) keeps
+    # every one the token budget holds, as before.
+    db.execute("ALTER TABLE assistants ADD COLUMN history INTEGER")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

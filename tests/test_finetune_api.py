@@ -246,11 +246,13 @@ def test_hyperparameters_auto_and_numbers_in_both_forms(
         model="tiny-llama", training_file=training_file, hyperparameters={"n_epochs": "auto"}
     )
     assert auto.hyperparameters.n_epochs == "auto"
-    resolved = wait_for(client, auto.id, ("queued", "running", *TERMINAL)).hyperparameters
+    validated = wait_for(client, auto.id, ("queued", "running", *TERMINAL))
     client.fine_tuning.jobs.cancel(auto.id)
-    # 8 examples: epochs raised to 13 (at least 100 example-passes), batch 4, multiplier 1.0.
+    resolved = validated.hyperparameters
+    assert validated.method.supervised.hyperparameters.n_epochs == resolved.n_epochs
+    # 8 examples: epochs raised to 100 // 8 = 12 (OpenAI's rule), batch 4, multiplier 1.0.
     assert (resolved.n_epochs, resolved.batch_size, resolved.learning_rate_multiplier) == (
-        13,
+        12,
         4,
         1.0,
     )

@@ -20,7 +20,8 @@ MODAL_TIMEOUT = 30 * 60  # seconds a user may take to fill one in
 
 
 class AssistantModal(Modal):
-    """Create (no `existing`) or edit an assistant: name, description, instructions, starters."""
+    """Create (no `existing`) or edit an assistant: name, description, instructions, starters,
+    history."""
 
     def __init__(self, existing: Assistant | None = None, visibility: str | None = None) -> None:
         super().__init__(
@@ -46,12 +47,20 @@ class AssistantModal(Modal):
             required=False,
             max_length=1000,
         )
+        self.history: TextInput = TextInput(
+            label="History: earlier exchanges in each prompt",
+            required=False,
+            max_length=8,
+            placeholder="all, or a number (0: each message stands alone)",
+        )
         if existing is not None:
             self.name.default = existing.name
             self.description.default = existing.description
             self.instructions.default = existing.instructions
             self.starters.default = "\n".join(existing.starters)
-        for field in (self.name, self.description, self.instructions, self.starters):
+            self.history.default = "all" if existing.history is None else str(existing.history)
+        # Five fields: as many as Discord lets a modal hold.
+        for field in (self.name, self.description, self.instructions, self.starters, self.history):
             self.add_item(field)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
@@ -61,6 +70,7 @@ class AssistantModal(Modal):
             "description": self.description.value,
             "instructions": self.instructions.value,
             "starters": [s for s in self.starters.value.splitlines() if s.strip()],
+            "history": self.history.value,  # text: blank or "all" is every exchange
         }
         if self.visibility:
             values["visibility"] = self.visibility

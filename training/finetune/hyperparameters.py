@@ -14,6 +14,13 @@ from typing import Any
 
 BASE_LEARNING_RATE = 2e-4  # what learning_rate_multiplier 1.0 means: a usual LoRA rate
 
+# n_epochs "auto", as OpenAI's cookbook gives its default (see auto_epochs).
+TARGET_EPOCHS = 3
+MIN_TARGET_EXAMPLES = 100  # example-passes a small file is raised towards
+MAX_TARGET_EXAMPLES = 25_000  # example-passes a large file is lowered towards
+MIN_AUTO_EPOCHS = 1
+MAX_AUTO_EPOCHS = 25
+
 
 @dataclass(frozen=True)
 class Hyperparameters:
@@ -32,6 +39,26 @@ class Hyperparameters:
         return dataclasses.asdict(self)
 
 
+def auto_epochs(n_examples: int) -> int:
+    """The number of epochs n_epochs "auto" picks for a training file of `n_examples` chats.
+
+    OpenAI's rule, as its cookbook writes it out ("By default, you'll train for N epochs on
+    this dataset": openai/openai-cookbook, examples/Chat_finetuning_data_prep.ipynb, the cost
+    estimate; the API reference says only that "auto" decides from the dataset's size):
+    3 epochs, unless 3 passes give fewer than 100 example-passes, then 100 // n_examples (at
+    most 25), or more than 25,000, then 25,000 // n_examples (at least 1). So 1 example: 25
+    epochs, 5: 20, 8: 12, 20: 5, 26 to 8,333: 3, 8,334 to 12,500: 2, above 12,500: 1. The
+    divisions round down, as OpenAI's do, so a small file may see a little under 100 passes.
+    """
+    if n_examples < 1:
+        raise ValueError("the training file has no examples")
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_AUTO_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_AUTO_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
 def resolve_hyperparameters(
     n_examples: int,
     n_epochs: int | str = "auto",
@@ -40,8 +67,8 @@ def resolve_hyperparameters(
 ) -> Hyperparameters:
     """Turn the API's "auto" or numbers into concrete values for a file of `n_examples`.
 
-    - n_epochs "auto": 3, raised so that small files give at least 100 example-passes (at most
-      25 epochs) and lowered so that large ones give at most 25,000 (at least 1), as OpenAI does.
+    - n_epochs "auto": from the file's size, as OpenAI does (`auto_epochs`): 3, more for
+      small files (up to 25), fewer for large ones (down to 1).
     - batch_size "auto": about n_examples / 100 rounded to a power of two, between 4 and 32
       (never more than n_examples).
     - learning_rate_multiplier "auto": 1.0; the rate is BASE_LEARNING_RATE (2e-4) times it.
@@ -50,11 +77,7 @@ def resolve_hyperparameters(
     if n_examples < 1:
         raise ValueError("the training file has no examples")
     if n_epochs == "auto":
-        epochs = 3
-        if n_examples * epochs < 100:
-            epochs = min(25, math.ceil(100 / n_examples))
-        elif n_examples * epochs > 25_000:
-            epochs = max(1, 25_000 // n_examples)
+        epochs = auto_epochs(n_examples)
     else:
         epochs = _number(n_epochs, "n_epochs", int, 1, 50)
     if batch_size == "auto":

@@ -43,7 +43,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
     async def create(
         self, interaction: discord.Interaction, visibility: Visibility | None = None
     ) -> None:
-        """Create an assistant: name, description, instructions, conversation starters."""
+        """Create an assistant: name, description, instructions, conversation starters, history."""
         await interaction.response.send_modal(AssistantModal(visibility=visibility))
 
     @app_commands.command()
@@ -77,6 +77,9 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
             embed.add_field(name="Visibility", value=assistant.visibility)
             embed.add_field(name="Model", value=assistant.active_model)
             embed.add_field(name="Examples", value=str(count))
+            embed.add_field(
+                name="History", value="all" if assistant.history is None else str(assistant.history)
+            )
             embed.add_field(name="Owner", value=f"<@{assistant.owner_id}>")
             if can_manage(actor, assistant):  # only they may see the instructions
                 embed.add_field(
