@@ -13,9 +13,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import click
 import typer
-from typer._click import exceptions as usage  # typer parses with its own copy of click
+
+# typer parses with its own copy of click: its context and errors are that copy's, not the
+# `click` package's (whose get_current_context finds no context under typer).
+from typer._click import exceptions as usage
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError
@@ -111,7 +114,7 @@ def fail(message: str, exit: Callable[[int], NoReturn] | None = None) -> NoRetur
 def open_core() -> Core:
     """The core a command works on: `Core.open()`, or the factory a caller passed as the click
     context's `obj` (tests hand in one that shares their loaded embedder)."""
-    context = click.get_current_context(silent=True)
+    context = get_current_context(silent=True)
     opener: Callable[[], Core] = (context.obj if context else None) or Core.open
     try:
         return opener()

@@ -291,3 +291,20 @@ def test_export_to_a_file_counts_examples_not_lines(cli, tmp_path):
         result = cli("example", "export", "helper", "--format", fmt, "--output", str(target))
         assert result.exit_code == 0
         assert "Wrote 1 examples" in result.stderr, fmt
+
+
+def test_the_cli_opens_its_core_through_the_factory_it_is_given(embedder):
+    from typer.testing import CliRunner
+
+    from assistants import Core
+    from bot.cli import app
+
+    opened: list[Core] = []
+
+    def factory() -> Core:
+        opened.append(Core.open(embedder=embedder))
+        return opened[-1]
+
+    result = CliRunner().invoke(app, ["assistant", "list"], obj=factory)
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 1 and opened[0].embedder is embedder
