@@ -50,6 +50,8 @@ ENDED_STATUSES = ("succeeded", "failed", "cancelled")  # a promotion in any othe
 # The job succeeded and its followed promotion is being evaluated and switched: still active.
 EVALUATING = "evaluating"
 SUFFIX = re.compile(r"[^A-Za-z0-9-]+")
+# Why a promotion whose frontend stopped before its fine-tuning job existed has ended.
+NOT_CREATED = "it stopped before its fine-tuning job was created; promote again"
 
 
 @dataclass
@@ -70,6 +72,11 @@ class Promotion:
     updated_at: str
     previous_k: int | None = None  # the assistant's k before a switch that set it to 0
     follower: dict[str, Any] | None = None  # where a frontend shows its progress (see follow_from)
+
+    @property
+    def job(self) -> str:
+        """Its job, as messages name it: "job ftjob-…", or that none was created."""
+        return f"job {self.job_id}" if self.job_id else "no job created"
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Promotion:
@@ -104,7 +111,7 @@ def normalise(text: str) -> str:
 
 
 def _already_running(assistant: Assistant, promotion: Promotion) -> LimitExceeded:
-    job = f"job {promotion.job_id}" if promotion.job_id else "its job is being created"
+    job = promotion.job if promotion.job_id else "its job is being created"
     return LimitExceeded(
         f"A promotion of {assistant.name!r} is already running ({job}, {promotion.status}); "
         "wait for it to end or cancel it."
@@ -338,32 +345,66 @@ class Promotions:
             await self._in_thread(self._update, promotion_id, status="failed", error=str(exc))
             raise
         try:
-            train = await client.files.create(
-                file=(f"{assistant.name}-train.jsonl", data.jsonl("train").encode()),
-                purpose="fine-tune",
-            )
-            validation = None
-            if data.held_out:
-                validation = await client.files.create(
-                    file=(f"{assistant.name}-held-out.jsonl", data.jsonl("held_out").encode()),
-                    purpose="fine-tune",
-                )
-            supervised: dict[str, Any] = {"hyperparameters": hyperparameters or {}}
-            job = await client.fine_tuning.jobs.create(
-                model=base,
-                training_file=train.id,
-                validation_file=validation.id if validation else None,
-                suffix=SUFFIX.sub("-", assistant.name)[:40],
-                method={"type": "supervised", "supervised": supervised},  # type: ignore[arg-type]
-            )
+            job = await self._create_job(client, assistant, base, data, hyperparameters)
         except openai.APIError as exc:
             reason = describe(ref, exc)
             await self._in_thread(self._update, promotion_id, status="failed", error=reason)
             raise ProviderError(reason) from exc
+        except asyncio.CancelledError:
+            # The frontend stopped (a bot closing, Ctrl-C) before the job existed: nothing could
+            # follow this promotion, so it ends now rather than block the next one for ever.
+            await asyncio.shield(
+                self._in_thread(self._update, promotion_id, status="failed", error=NOT_CREATED)
+            )
+            raise
         started: Promotion = await self._in_thread(
-            self._update, promotion_id, job_id=job.id, status=job.status
+            self._job_created, promotion_id, job.id, job.status
         )
+        if started.status == "cancelled":  # cancelled while its job was being created
+            try:
+                await client.fine_tuning.jobs.cancel(job.id)
+            except openai.APIError as exc:
+                raise ProviderError(describe(ref, exc)) from exc
         return started
+
+    async def _create_job(
+        self,
+        client: Any,
+        assistant: Assistant,
+        base: str,
+        data: Dataset,
+        hyperparameters: dict[str, Any] | None,
+    ) -> Any:
+        """Upload the training (and held-out) file and create the job on the provider."""
+        train = await client.files.create(
+            file=(f"{assistant.name}-train.jsonl", data.jsonl("train").encode()),
+            purpose="fine-tune",
+        )
+        validation = None
+        if data.held_out:
+            validation = await client.files.create(
+                file=(f"{assistant.name}-held-out.jsonl", data.jsonl("held_out").encode()),
+                purpose="fine-tune",
+            )
+        supervised: dict[str, Any] = {"hyperparameters": hyperparameters or {}}
+        return await client.fine_tuning.jobs.create(
+            model=base,
+            training_file=train.id,
+            validation_file=validation.id if validation else None,
+            suffix=SUFFIX.sub("-", assistant.name)[:40],
+            method={"type": "supervised", "supervised": supervised},
+        )
+
+    def _job_created(self, promotion_id: int, job_id: str, status: str) -> Promotion:
+        """Store the new job; a promotion cancelled while it was being created (from any
+        process: one statement) stays cancelled, and its creator cancels the job."""
+        with self.lock, self.db.conn:
+            self.db.execute(
+                "UPDATE promotions SET job_id = ?, updated_at = ?, status = CASE "
+                "WHEN status = 'cancelled' THEN status ELSE ? END WHERE id = ?",
+                [job_id, now(), status, promotion_id],
+            )
+        return self._get(promotion_id)
 
     async def _poll(
         self, promotion: Promotion, seen: set[str], on_step: OnStep | None
@@ -477,6 +518,11 @@ class Promotions:
         """Go on with a followed promotion (from `to_resume`) to its end, as the actor who
         started it, with the permissions they had then."""
         follower = promotion.follower or {}
+        if promotion.job_id is None:
+            # Its frontend stopped (its process ended) while the job was being created.
+            await self._in_thread(self._update, promotion.id, status="failed", error=NOT_CREATED)
+            await self._in_thread(self._let_go, promotion.id)
+            raise InvalidInput(f"The promotion {NOT_CREATED}.")
         actor = Actor.from_dict(follower["actor"])
         return await self._see_through(
             promotion, actor, bool(follower.get("force")), on_step, poll_seconds
@@ -523,9 +569,11 @@ class Promotions:
             self.assistants.get_managed, actor, name, "cancel promotions of"
         )
         promotion = await self._in_thread(self._latest_of, assistant.id)
-        if promotion is None or promotion.job_id is None or promotion.status in ENDED_STATUSES:
+        if promotion is None or promotion.status in ENDED_STATUSES:
             raise InvalidInput(f"There is no running promotion of {name!r} to cancel.")
-        if promotion.status == EVALUATING:
+        if promotion.status == EVALUATING or promotion.job_id is None:
+            # Evaluating: nothing is switched. No job yet: its creator cancels the job it gets
+            # (see _job_created), or its process is gone and nothing runs.
             cancelled: Promotion = await self._in_thread(
                 self._update, promotion.id, status="cancelled"
             )

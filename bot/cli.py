@@ -704,7 +704,7 @@ def dataset_stats(
 
 
 def show_promotion(promotion) -> None:
-    typer.echo(f"job {promotion.job_id} on {promotion.provider}: {promotion.status}")
+    typer.echo(f"{promotion.job} on {promotion.provider}: {promotion.status}")
     if promotion.fine_tuned_model:
         typer.echo(f"fine-tuned model: {promotion.fine_tuned_model}")
     if promotion.error:
@@ -827,7 +827,7 @@ def promote(
         return
     if name == "cancel" and target:
         promotion = run(_cancel(core, target))
-        typer.echo(f"The promotion of {target} (job {promotion.job_id}) is {promotion.status}.")
+        typer.echo(f"The promotion of {target} ({promotion.job}) is {promotion.status}.")
         return
     if target:
         fail(

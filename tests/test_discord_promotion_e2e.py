@@ -121,7 +121,12 @@ async def test_a_restarted_bot_goes_on_following_the_promotion_to_its_end(world:
     def followed():
         return w.core.promotions.followed("discord")
 
-    await w.fake.wait_until(followed, 60, "the job to be created and followed")
+    def job_followed():
+        return [p for p, _ in followed() if p.job_id]
+
+    # Followed from the moment it is stored; the job exists once its files are uploaded (a
+    # bot stopped before that ends the promotion: tests/test_promotion_interrupted.py).
+    await w.fake.wait_until(job_followed, 60, "the job to be created and followed")
     await w.bot.close()  # a restart: the job goes on on the server meanwhile
     (progress,) = [m for m in w.fake.bot_messages(w.channel) if not m.ephemeral]
     assert "is fine-tuned" not in progress.content

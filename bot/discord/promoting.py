@@ -197,7 +197,7 @@ class Promoter:
         await interaction.response.defer(ephemeral=True, thinking=True)
         actor = actor_of(interaction)
         promotion = await self.core.promotions.cancel(actor, assistant_id)
-        await say(interaction, f"The promotion (job `{promotion.job_id}`) is {promotion.status}.")
+        await say(interaction, f"The promotion ({promotion.job}) is {promotion.status}.")
 
     def start_resuming(self) -> None:
         self._resuming = asyncio.create_task(self.resume())
