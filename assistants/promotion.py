@@ -51,7 +51,10 @@ ENDED_STATUSES = ("succeeded", "failed", "cancelled")  # a promotion in any othe
 EVALUATING = "evaluating"
 SUFFIX = re.compile(r"[^A-Za-z0-9-]+")
 # Why a promotion whose frontend stopped before its fine-tuning job existed has ended.
-NOT_CREATED = "it stopped before its fine-tuning job was created; promote again"
+NOT_CREATED = (
+    "The fine-tuning job was never created (fewtune stopped while it uploaded the data); "
+    "promote again."
+)
 
 
 @dataclass
@@ -522,7 +525,7 @@ class Promotions:
             # Its frontend stopped (its process ended) while the job was being created.
             await self._in_thread(self._update, promotion.id, status="failed", error=NOT_CREATED)
             await self._in_thread(self._let_go, promotion.id)
-            raise InvalidInput(f"The promotion {NOT_CREATED}.")
+            raise InvalidInput(NOT_CREATED)
         actor = Actor.from_dict(follower["actor"])
         return await self._see_through(
             promotion, actor, bool(follower.get("force")), on_step, poll_seconds

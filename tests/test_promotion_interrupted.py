@@ -136,7 +136,7 @@ async def test_a_restarted_frontend_ends_a_promotion_left_without_a_job(core, he
     follower = {"frontend": "discord", "actor": TERMINAL.to_dict(), "force": False}
     stored(core, "uploading", follower)
     ((promotion, assistant),) = await core.promotions.to_resume("discord")
-    with pytest.raises(InvalidInput, match="stopped before its fine-tuning job was created"):
+    with pytest.raises(InvalidInput, match="job was never created"):
         await core.promotions.resume(promotion)
     ended = core.promotions.latest(TERMINAL, helper)
     assert ended.status == "failed" and ended.follower is None
