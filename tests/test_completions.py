@@ -191,6 +191,30 @@ def test_generated_tokens_have_logprobs_under_the_model(
     assert generated.token_logprobs == lp.token_logprobs[len(lp.tokens) - len(generated.tokens) :]
 
 
+def test_a_stop_string_cuts_the_text_and_its_tokens(client: openai.OpenAI) -> None:
+    whole = client.completions.create(model="tiny-llama", prompt=TEXT, max_tokens=8, temperature=0)
+    text = whole.choices[0].text
+    stop = text[len(text) // 2 :][:2]
+    assert stop.strip()
+    reply = client.completions.create(
+        model="tiny-llama", prompt=TEXT, max_tokens=8, temperature=0, stop=stop, logprobs=0
+    )
+    cut = reply.choices[0]
+    assert cut.text == text[: text.index(stop)]
+    assert cut.finish_reason == "stop"
+    assert cut.logprobs is not None and cut.logprobs.tokens is not None
+    assert cut.logprobs.text_offset is not None
+    assert all(at < len(cut.text) for at in cut.logprobs.text_offset)
+    assert "".join(cut.logprobs.tokens).startswith(cut.text)
+
+
+def test_echo_without_logprobs_returns_the_prompt(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=ADAPTER, prompt=TEXT, echo=True, max_tokens=0)
+    assert reply.choices[0].text == TEXT
+    assert reply.choices[0].logprobs is None
+    assert reply.usage is not None and reply.usage.completion_tokens == 0
+
+
 def test_a_list_of_prompts_gets_one_choice_each_in_order(client: openai.OpenAI) -> None:
     prompts = [TEXT, "Another prompt entirely"]
     singles = [
@@ -291,6 +315,7 @@ LONG = [1] * 1100  # the tiny model reads 1,024 tokens
         ({"prompt": [1, "a"]}, 400, "prompt"),
         ({"prompt": [10**9]}, 400, "vocabulary"),
         ({"prompt": LONG, "echo": True, "max_tokens": 0}, 400, "1024"),
+        ({"prompt": [1] * 1024, "max_tokens": 1}, 400, "room for one more"),
         ({"temperature": 3}, 400, "temperature"),
         ({"model": "ft:nobody:x"}, 404, "not served"),
     ],

@@ -6,6 +6,8 @@
   weights file changed) is loaded again.
 - Generation runs in one worker thread, one request at a time, so the event loop never blocks and
   requests never fight over the CPU; tokens are streamed to the caller as they are produced.
+- Legacy completions prompts (`prepare_text`) generate the same way; their scores (`score`) come
+  from one plain transformers/peft forward pass on that thread (training.serving.scoring).
 """
 
 from __future__ import annotations
@@ -336,50 +338,21 @@ class ChatEngine:
         return _transcript(messages)
 
     def _text_ids(self, prompt: str | list[int]) -> tuple[list[int], str, int]:
+        from training.serving.scoring import prompt_tokens
+
         self.load()
-        tokenizer = self._tokenizer
-        if not isinstance(prompt, str):
-            vocab = len(tokenizer)
-            bad = next((i for i in prompt if not 0 <= i < vocab), None)
-            if bad is not None:
-                raise EngineError(f"Token id {bad} is not in the vocabulary (0 to {vocab - 1}).")
-            text = tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
-            return list(prompt), str(text), 0
-        # The tokenizer's start token, unless the text already has it (a chat template's does),
-        # so apply-template's text gets exactly the tokens chat feeds the model.
-        start = list(tokenizer("", add_special_tokens=True)["input_ids"])
-        bos = tokenizer.bos_token
-        if start and bos and prompt.startswith(bos):
-            start = []
-        ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return start + ids if ids else [], prompt, len(start)
+        try:
+            return prompt_tokens(self._tokenizer, prompt)
+        except ValueError as exc:  # a token id outside the vocabulary
+            raise EngineError(str(exc)) from exc
 
     def _score(self, model_id: str, ids: list[int], top: int, generated_from: int) -> Scored:
-        from training.serving.scoring import Scored, score_tokens, token_pieces
+        from training.serving.scoring import score_tokens, scored
 
         self.load()
         with self._transformers_model(model_id) as model:
             scores = score_tokens(model, ids, top, self._device)
-        tokenizer = self._tokenizer
-        pieces = token_pieces(tokenizer, ids[:generated_from]) + token_pieces(
-            tokenizer, ids[generated_from:], skip_special_tokens=True
-        )
-        tops: list[dict[str, float]] = []
-        for token, piece, logprob, alternatives in zip(
-            ids, pieces, scores.logprobs, scores.top, strict=True
-        ):
-            if logprob is None:
-                tops.append({})
-                continue
-            # The chosen token is always there under its piece (as vLLM reports it), then the
-            # `top` likeliest, each decoded alone.
-            entry = {piece: logprob}
-            for other, value in alternatives:
-                key = str(tokenizer.decode([other]))
-                if other != token and key != piece:
-                    entry[key] = max(value, entry.get(key, value))
-            tops.append(entry)
-        return Scored(pieces, scores.logprobs, tops)
+        return scored(self._tokenizer, ids, scores, generated_from)
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         self.load()

@@ -60,6 +60,50 @@ def score_tokens(model: Any, ids: list[int], top: int, device: str = "cpu") -> T
     return TokenScores(logprobs, alternatives)
 
 
+def prompt_tokens(tokenizer: Any, prompt: str | list[int]) -> tuple[list[int], str, int]:
+    """A completions prompt's tokens, its text, and how many tokens the tokenizer put before the
+    text (its start token: context, not part of the text). ValueError for an unknown token id."""
+    if not isinstance(prompt, str):
+        vocab = len(tokenizer)
+        bad = next((i for i in prompt if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ValueError(f"Token id {bad} is not in the vocabulary (0 to {vocab - 1}).")
+        text = tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
+        return list(prompt), str(text), 0
+    # The tokenizer's start token, unless the text already has it (a chat template's does),
+    # so apply-template's text gets exactly the tokens chat feeds the model.
+    start = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    bos = tokenizer.bos_token
+    if start and bos and prompt.startswith(bos):
+        start = []
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return start + ids if ids else [], prompt, len(start)
+
+
+def scored(tokenizer: Any, ids: list[int], scores: TokenScores, generated_from: int) -> Scored:
+    """`scores` for the API: each token's piece and its alternatives by piece; the tokens from
+    `generated_from` on were generated and decode without special tokens, as their text does."""
+    pieces = token_pieces(tokenizer, ids[:generated_from]) + token_pieces(
+        tokenizer, ids[generated_from:], skip_special_tokens=True
+    )
+    tops: list[dict[str, float]] = []
+    for token, piece, logprob, alternatives in zip(
+        ids, pieces, scores.logprobs, scores.top, strict=True
+    ):
+        if logprob is None:
+            tops.append({})
+            continue
+        # The chosen token is always there under its piece (as vLLM reports it), so that
+        # top[tokens[i]] works, then the `top` likeliest, each decoded alone.
+        entry = {piece: logprob}
+        for other, value in alternatives:
+            key = str(tokenizer.decode([other]))
+            if other != token and key != piece:
+                entry[key] = max(value, entry.get(key, value))
+        tops.append(entry)
+    return Scored(pieces, scores.logprobs, tops)
+
+
 def token_pieces(tokenizer: Any, ids: list[int], skip_special_tokens: bool = False) -> list[str]:
     """The text of each token, so that the pieces joined are the decoded text.
 
