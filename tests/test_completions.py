@@ -13,6 +13,9 @@ import pytest
 import torch
 from server_fixtures import make_adapter, make_tiny_model, serving, write_settings
 
+from training.serving.completions import listed_tokens
+from training.serving.engine import PreparedChat, PreparedText, Sampling
+
 TOKEN = "completions-token"
 ADAPTER = "ft:tiny-llama:scorer:ftjob-abc123"
 TEXT = "The café serves naïve 日本 tea, and a plain answer."
@@ -175,9 +178,7 @@ def test_generated_tokens_have_logprobs_under_the_model(
     assert "".join(lp.tokens) == choice.text
     assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
     ids = greedy_ids(reference[ADAPTER], reference["tokenizer"], TEXT, 6)
-    eos = reference["tokenizer"].eos_token_id
-    ids = ids[: ids.index(eos)] if eos in ids else ids  # the end token is not listed
-    assert len(lp.tokens) == len(ids)
+    assert len(lp.tokens) == len(ids)  # the end token too, where it came
     expected = logprobs_of(reference[ADAPTER], ids)
     got = lp.token_logprobs[1:]
     assert all(abs(g - e) < 1e-4 for g, e in zip(got, expected, strict=True)), (got, expected)
@@ -213,6 +214,35 @@ def test_echo_without_logprobs_returns_the_prompt(client: openai.OpenAI) -> None
     assert reply.choices[0].text == TEXT
     assert reply.choices[0].logprobs is None
     assert reply.usage is not None and reply.usage.completion_tokens == 0
+
+
+def test_lm_evaluation_harness_request_scores_the_continuation(
+    client: openai.OpenAI, reference: dict[str, Any]
+) -> None:
+    """local-completions' loglikelihood request: token ids, echo, max_tokens 1, logprobs 1; it
+    reads token_logprobs[ctxlen:-1] (the last listed token is the generated one)."""
+    tokenizer = reference["tokenizer"]
+    context = tokenizer("The café serves", add_special_tokens=False)["input_ids"]
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert ids[: len(context)] == context
+    reply = client.completions.create(
+        model=ADAPTER, prompt=[ids], echo=True, max_tokens=1, logprobs=1, temperature=0, seed=1
+    )
+    lp = reply.choices[0].logprobs
+    assert lp is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
+    assert len(lp.token_logprobs) == len(ids) + 1
+    got = sum(lp.token_logprobs[len(context) : -1])  # type: ignore[arg-type]
+    expected = logprobs_of(reference[ADAPTER], ids)[len(context) - 1 :]
+    assert got == pytest.approx(sum(expected), abs=1e-3)
+    assert all(top for top in lp.top_logprobs[1:])
+
+
+def test_listed_tokens_keep_the_end_token_and_cut_at_a_stop_string() -> None:
+    prompt = PreparedText(PreparedChat("m", (), Sampling(), (5, 6)), "ab", 0)
+    pieces = ["a", "b", "x", "yz", ""]  # two prompt tokens, three generated (the end token "")
+    assert listed_tokens(pieces, 2, prompt, True, "xyz") == ([0, 1, 2, 3, 4], [0, 1, 2, 3, 5])
+    assert listed_tokens(pieces, 2, prompt, False, "xyz") == ([2, 3, 4], [0, 1, 3])
+    assert listed_tokens(pieces, 2, prompt, False, "xy") == ([2, 3], [0, 1])  # stop string "z"
 
 
 def test_a_list_of_prompts_gets_one_choice_each_in_order(client: openai.OpenAI) -> None:

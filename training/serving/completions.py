@@ -124,22 +124,35 @@ async def _logprobs(
     chat = prompt.chat
     ids = list(chat.prompt_ids) + generated
     scored = await engine.score(chat.model, ids, body.logprobs or 0, len(chat.prompt_ids))
-    n_prompt = len(chat.prompt_ids)
-    listed = list(range(prompt.added, n_prompt)) if body.echo else []
-    at = offsets([scored.pieces[i] for i in listed])
-    start = len(prompt.text) if body.echo else 0
-    # A stop string cuts the text inside the generated tokens: list those that start in it.
-    gen = list(range(n_prompt, len(ids)))
-    gen_at = offsets([scored.pieces[i] for i in gen], start)
-    kept = [(i, o) for i, o in zip(gen, gen_at, strict=True) if o - start < len(text)]
-    listed += [i for i, _ in kept]
-    at += [o for _, o in kept]
+    listed, at = listed_tokens(scored.pieces, len(chat.prompt_ids), prompt, body.echo, text)
     return {
         "tokens": [scored.pieces[i] for i in listed],
         "token_logprobs": [scored.logprobs[i] for i in listed],
         "top_logprobs": [scored.top[i] or None for i in listed],
         "text_offset": at,
     }
+
+
+def listed_tokens(
+    pieces: list[str], n_prompt: int, prompt: PreparedText, echo: bool, text: str
+) -> tuple[list[int], list[int]]:
+    """Which tokens a choice's logprobs list (positions in prompt + generated) and the offset
+    of each in the choice's text. With echo, the prompt's own (an added start token is
+    context); then every generated token, the end token too (its piece is ""), as OpenAI and
+    vLLM list it: lm-evaluation-harness drops the last listed token as the generated one. Only
+    where a stop string cut the text are the tokens after the cut left out."""
+    listed = list(range(prompt.added, n_prompt)) if echo else []
+    at = offsets([pieces[i] for i in listed])
+    start = len(prompt.text) if echo else 0
+    generated = list(range(n_prompt, len(pieces)))
+    generated_at = offsets([pieces[i] for i in generated], start)
+    cut = "".join(pieces[i] for i in generated) != text
+    for i, offset in zip(generated, generated_at, strict=True):
+        if cut and offset - start >= len(text):
+            break
+        listed.append(i)
+        at.append(offset)
+    return listed, at
 
 
 def _event(data: dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ class ChatDelta:
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
-    ids: tuple[int, ...] = ()  # on the last delta: the tokens generated (no end token)
+    ids: tuple[int, ...] = ()  # on the last delta: the tokens generated, the end token included
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ChatResult:
     text: str
     finish_reason: str
     usage: Usage
-    ids: tuple[int, ...] = ()  # the tokens generated (no end token)
+    ids: tuple[int, ...] = ()  # the tokens generated, the end token included
 
 
 @dataclass(frozen=True)
@@ -380,11 +380,12 @@ class ChatEngine:
         )
         assembler = TextAssembler(self._tokenizer, params.stop)
         finish = "length"
+        end: tuple[int, ...] = ()
         with self._stepper(chat.model) as stepper:
             prompt = list(chat.prompt_ids)
             for token in decode_loop(stepper, prompt, params, self._eos_ids, cancel):
                 if token in self._eos_ids:
-                    finish = "stop"
+                    finish, end = "stop", (token,)
                     break
                 delta = assembler.add(token)
                 if delta:
@@ -396,9 +397,9 @@ class ChatEngine:
         if rest:
             send(ChatDelta(rest))
         # The end token counts as generated, as OpenAI counts it.
-        ended = finish == "stop" and not assembler.stopped
-        completion = assembler.token_count + (1 if ended else 0)
-        send(ChatDelta("", finish, Usage(len(chat.prompt_ids), completion), assembler.ids))
+        completion = assembler.token_count + len(end)
+        ids = assembler.ids + end
+        send(ChatDelta("", finish, Usage(len(chat.prompt_ids), completion), ids))
 
     @contextlib.contextmanager
     def _stepper(self, model_id: str) -> Iterator[Any]:
