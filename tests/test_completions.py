@@ -344,6 +344,7 @@ LONG = [1] * 1100  # the tiny model reads 1,024 tokens
         ({"prompt": 7}, 400, "prompt"),
         ({"prompt": [1, "a"]}, 400, "prompt"),
         ({"prompt": [10**9]}, 400, "vocabulary"),
+        ({"prompt": ["fine", ""]}, 400, "Prompt 1: The prompt is empty"),
         ({"prompt": LONG, "echo": True, "max_tokens": 0}, 400, "1024"),
         ({"prompt": [1] * 1024, "max_tokens": 1}, 400, "room for one more"),
         ({"temperature": 3}, 400, "temperature"),

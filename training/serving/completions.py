@@ -63,11 +63,19 @@ async def completions(
             code="invalid_request",
         )
     engine = _engine(request)
+    engine.resolve(body.model)
     scoring = body.wanted_tokens() == 0
-    prompts = [
-        await engine.prepare_text(body.model, prompt, body.sampling(), scoring=scoring)
-        for prompt in body.prompts()
-    ]
+    given = body.prompts()
+    prompts: list[PreparedText] = []
+    for index, text in enumerate(given):
+        try:
+            prompts.append(
+                await engine.prepare_text(body.model, text, body.sampling(), scoring=scoring)
+            )
+        except EngineError as exc:  # say which prompt of several
+            if len(given) == 1:
+                raise
+            raise type(exc)(f"Prompt {index}: {exc}") from exc
     cid = text_completion_id()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
