@@ -22,7 +22,9 @@ from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError
+from assistants.demo import TWIN_NAME
 from assistants.promotion import Step
+from bot.demo_chat import side_by_side
 from storage import Settings
 
 
@@ -595,13 +597,25 @@ def demo(
         bool, typer.Option("--no-chat", help="Only set up the demo assistant.")
     ] = False,
 ) -> None:
-    """Create the demo assistant (number words in many languages to digits) and chat with it."""
+    """Create the demo assistant (number words in many languages to digits) and its promoted
+    twin, then chat with both side by side."""
     core = open_core()
     assistant = run(core.api.install_demo(TERMINAL))
     count = run(core.api.count_examples(TERMINAL, assistant.name))
     typer.echo(f"Demo assistant {assistant.name!r} is ready ({count} examples).")
-    if not no_chat:
-        chat(assistant.name)
+    twin = core.assistants.get(TERMINAL, TWIN_NAME)
+    how = f"its LoRA adapter {twin.fine_tuned_model}" if twin.fine_tuned_model else "few-shot"
+    typer.echo(f"Its promoted twin {twin.name!r} answers with {how} and the same examples.")
+    if no_chat:
+        return
+
+    async def main() -> None:
+        try:
+            await side_by_side(core, [assistant.name, twin.name])
+        finally:
+            await core.providers.close()
+
+    run(main())
 
 
 # -- serving and maintenance -------------------------------------------------------------------

@@ -237,7 +237,7 @@ def test_demo_no_chat_sets_up_the_demo_once(cli):
     count = json.loads(ok(cli("assistant", "show", "numbers", "--json")))["examples"]
     assert count >= 100
     assert f"({count} examples)" in ok(cli("demo", "--no-chat"))  # idempotent
-    assert names(cli) == ["numbers"]
+    assert names(cli) == ["numbers", "numbers-tuned"]
 
 
 # -- the real console script -----------------------------------------------------------------
