@@ -521,7 +521,7 @@ class Promotions:
         """Go on with a followed promotion (from `to_resume`) to its end, as the actor who
         started it, with the permissions they had then."""
         follower = promotion.follower or {}
-        if promotion.job_id is None:
+        if promotion.job_id is None and promotion.status not in (*ENDED_STATUSES, EVALUATING):
             # Its frontend stopped (its process ended) while the job was being created.
             await self._in_thread(self._update, promotion.id, status="failed", error=NOT_CREATED)
             await self._in_thread(self._let_go, promotion.id)
