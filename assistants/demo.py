@@ -9,7 +9,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from assistants.actor import Actor
-from assistants.assistant import Assistant
+from assistants.assistant import DEFAULT_LAYOUT, Assistant
 from assistants.errors import NotFound
 
 if TYPE_CHECKING:  # the core holds the api, which calls these
@@ -43,6 +43,7 @@ def install_demo(core: Core, actor: Actor) -> Assistant:
         # in the prompt for a small model to drift towards.
         temperature=definition.get("temperature", 0.0),
         history=definition.get("history", 0),
+        layout=definition.get("layout", DEFAULT_LAYOUT),
     )
     try:
         core.examples.import_data(actor, assistant.name, "numbers.jsonl", examples)
