@@ -188,11 +188,12 @@ def data_fingerprint(pool: list[dict[str, str]], test: list[dict[str, str]]) -> 
 
 
 def pick_test(items: list[dict[str, str]], limit: int | None) -> list[int]:
-    """Indices of the test items to use: all, or a fixed random subset (every language gets
-    a share, unlike the file's first N lines, which are sorted by language)."""
+    """Indices of the test items to use: all, or the first `limit` of a fixed shuffle (every
+    language gets a share, unlike the file's first N lines, which are sorted by language; and a
+    larger limit extends a smaller one, so a rerun with a larger --limit reuses every answer)."""
     if not limit or limit >= len(items):
         return list(range(len(items)))
-    return sorted(random.Random(0).sample(range(len(items)), limit))
+    return sorted(random.Random(0).sample(range(len(items)), len(items))[:limit])
 
 
 def pick_train(pool: list[dict[str, str]], limit: int | None) -> list[dict[str, str]]:
