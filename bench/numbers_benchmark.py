@@ -28,10 +28,21 @@ With --train-with-examples the promoted assistant is trained the way the hybrid 
 each training chat carries its 3 retrieved examples (weight 0, never its own; the assistant's
 setting is named `-served`). Without it the training chats are bare, as before.
 
-Settings: zero-shot; random, retrieved (similarity) and covering (the coverage selector) k-shot
-for each k; the promoted model alone (k=0) and with 3 retrieved examples (the article's hybrid).
+Settings: zero-shot (k=0 in --k-values); random, retrieved (similarity) and covering (the
+coverage selector) k-shot for each k (--selectors picks among them); the promoted model alone
+(k=0) and with 3 retrieved examples (the article's hybrid). Each few-shot setting is measured in
+every prompt layout of --layouts (turns, system, pairs; default: the one new assistants get), and
+with the best example first as well for the layouts of --best-first; keys and names carry the
+layout and order (`retrieved-k4-system`, `covering-k4-pairs-best-first`; none for turns, best
+last, so older homes resume). The promoted assistant uses the first layout. The layout study
+(issue 10 item 2, docs/benchmarks.md):
+
+    .venv/bin/python bench/numbers_benchmark.py --home /tmp/layout-home --skip-promotion \
+        --k-values 4 --selectors similarity,coverage --layouts turns,system,pairs --limit 40
+
 Exact match after stripping whitespace and a trailing period. Reported: accuracy with a 95%
-Wilson interval, accuracy per language, exact (binomial) McNemar tests on paired outcomes, and in
+Wilson interval, accuracy per language, exact (binomial) McNemar tests on paired outcomes
+(between selectors, between layouts at the same selector and k, best first vs best last), and in
 the results JSON every setting's outcome per test item (input, lang, expected, answer, correct).
 
 Answers are cached in <home>/benchmark_answers.json as they come, so a rerun with the same
