@@ -23,6 +23,7 @@ from sqlite_utils import Database
 
 from assistants.actor import Actor
 from assistants.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from assistants.prompt import LAYOUTS
 from assistants.text import check_text
 from storage.settings import Settings
 
@@ -35,6 +36,9 @@ MAX_K = 25
 MAX_HISTORY = 1000  # earlier exchanges per prompt; far more than any context window holds
 VISIBILITIES = ("private", "guild", "public")
 SELECTORS = ("similarity", "mmr", "coverage", "random", "fixed")
+# How the examples sit in the prompt (assistants/prompt.py). New assistants get the layout that
+# measured best (docs/benchmarks.md); those made before the setting keep `turns`.
+DEFAULT_LAYOUT = "turns"
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+:\S.*$")
 # The model after "provider:" is a name, never a path: letters, digits, ".", "_", "-" and ":"
 # (fine-tuned names hold colons), with at most one "/" as in Hugging Face's owner/model, and
@@ -52,6 +56,7 @@ EDITABLE = (
     "temperature",
     "max_tokens",
     "history",
+    "layout",
     "name",
 )
 
@@ -78,6 +83,7 @@ class Assistant:
     temperature: float = 0.7
     max_tokens: int | None = None
     history: int | None = None  # earlier exchanges in each prompt; None: all the budget holds
+    layout: str = DEFAULT_LAYOUT  # how the examples sit in the prompt: one of LAYOUTS
     version: int = 1
     created_at: str = ""
     updated_at: str = ""
@@ -156,6 +162,10 @@ def validate(values: dict[str, Any], settings: Settings) -> dict[str, Any]:
         out["starters"] = starters
     if "visibility" in out and out["visibility"] not in VISIBILITIES:
         raise InvalidInput(f"Visibility must be one of {', '.join(VISIBILITIES)}.")
+    if "layout" in out and out["layout"] not in LAYOUTS:
+        raise InvalidInput(
+            f"The layout {str(out['layout'])[:40]!r} is not one: use {', '.join(LAYOUTS)}."
+        )
     if "selector" in out and out["selector"] not in SELECTORS:
         raise InvalidInput(f"The selector must be one of {', '.join(SELECTORS)}.")
     if "k" in out:
@@ -307,6 +317,7 @@ class Assistants:
         temperature: float = 0.7,
         max_tokens: int | None = None,
         history: int | str | None = None,
+        layout: str = DEFAULT_LAYOUT,
     ) -> Assistant:
         values = validate(
             {
@@ -321,6 +332,7 @@ class Assistants:
                 "temperature": temperature,
                 "max_tokens": max_tokens,
                 "history": history,
+                "layout": layout,
             },
             self.settings,
         )
@@ -447,4 +459,5 @@ class Assistants:
             changes = {k: snapshot[k] for k in EDITABLE if k in snapshot}
             # A version recorded before the setting existed put every earlier turn in.
             changes.setdefault("history", None)
+            changes.setdefault("layout", "turns")  # and laid its examples out as turns
             return self._apply(actor, assistant, changes, f"restore {version}")

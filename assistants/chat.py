@@ -527,6 +527,7 @@ class Chat:
                 last_turns(history, assistant.history),
                 text,
                 budget,
+                layout=assistant.layout,
             )
         except PromptTooLong as exc:
             raise InvalidInput(

@@ -12,8 +12,9 @@ Rules, each counted in the stats (`fewtune dataset stats NAME`):
   content falls in the held-out fraction, so adding data never moves an old chat across.
 - Trained the way it serves (`serve` given: `[promotion] train_with_examples`): each chat's last
   message gets the prompt `Chat.compose` builds for it (system = instructions, the examples the
-  assistant retrieves for it as turns, the history, the message), then its answer. The example
-  turns carry `"weight": 0`, so only the real answers are learned, not the examples. Leave one
+  assistant retrieves for it in its layout, the history, the message), then its answer. Example
+  turns (the `turns` layout) carry `"weight": 0`, so only the real answers are learned, not the
+  examples; the `system` and `pairs` layouts put them in the system or the question. Leave one
   out: a chat never sees its own example, an example with the same turns (after trimming) or
   sharing a question/answer pair with it, nor a held-out example (the evaluation's pool is the
   same). The split, the duplicates and the length rule read the chat's own turns, so the setting
@@ -241,12 +242,13 @@ def _as_served(
     if not composed.examples:
         return messages
     # The prompt ends with the history serving kept and the question; before them, the context.
+    # The question is the prompt's (the `pairs` layout puts the examples in it).
     kept_history = own[composed.trimmed.get("history_messages", 0) :]
     context = composed.messages[: len(composed.messages) - len(kept_history) - 1]
     served: list[dict[str, Any]] = [
         *({**m, "weight": 0} if m["role"] == "assistant" else dict(m) for m in context),
         *kept_history,
-        messages[last - 1],
+        {**messages[last - 1], "content": composed.messages[-1]["content"]},
         *messages[last:],
     ]
     return served if messages_tokens(served) <= max_tokens else messages

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistants.actor import Actor
-from assistants.assistant import Assistant
+from assistants.assistant import DEFAULT_LAYOUT, Assistant
 from assistants.errors import NotFound
 
 if TYPE_CHECKING:  # the core holds the api, which calls these
@@ -85,6 +85,7 @@ def _install(core: Core, actor: Actor, definition: dict, examples: bytes) -> Ass
         history=definition.get("history", 0),
         # A number is a few tokens: a reply that goes on is wrong anyway, and cut short.
         max_tokens=definition.get("max_tokens"),
+        layout=definition.get("layout", DEFAULT_LAYOUT),
     )
     try:
         core.examples.import_data(actor, assistant.name, "numbers.jsonl", examples)

@@ -57,6 +57,8 @@ def import_assistant(
     values = {k: definition[k] for k in DEFINITION if k in definition and k != "name"}
     if "instructions" not in values:
         raise ImportRejected("The assistant in the file has no instructions.")
+    # A file exported before the setting existed: its assistant laid its examples out as turns.
+    values.setdefault("layout", "turns")
     assistant = core.assistants.create(
         actor, name or str(definition.get("name", "")), values.pop("instructions"), **values
     )

@@ -28,10 +28,21 @@ With --train-with-examples the promoted assistant is trained the way the hybrid 
 each training chat carries its 3 retrieved examples (weight 0, never its own; the assistant's
 setting is named `-served`). Without it the training chats are bare, as before.
 
-Settings: zero-shot; random, retrieved (similarity) and covering (the coverage selector) k-shot
-for each k; the promoted model alone (k=0) and with 3 retrieved examples (the article's hybrid).
+Settings: zero-shot (k=0 in --k-values); random, retrieved (similarity) and covering (the
+coverage selector) k-shot for each k (--selectors picks among them); the promoted model alone
+(k=0) and with 3 retrieved examples (the article's hybrid). Each few-shot setting is measured in
+every prompt layout of --layouts (turns, system, pairs; default: the one new assistants get), and
+with the best example first as well for the layouts of --best-first; keys and names carry the
+layout and order (`retrieved-k4-system`, `covering-k4-pairs-best-first`; none for turns, best
+last, so older homes resume). The promoted assistant uses the first layout. The layout study
+(issue 10 item 2, docs/benchmarks.md):
+
+    .venv/bin/python bench/numbers_benchmark.py --home /tmp/layout-home --skip-promotion \
+        --k-values 4 --selectors similarity,coverage --layouts turns,system,pairs --limit 40
+
 Exact match after stripping whitespace and a trailing period. Reported: accuracy with a 95%
-Wilson interval, accuracy per language, exact (binomial) McNemar tests on paired outcomes, and in
+Wilson interval, accuracy per language, exact (binomial) McNemar tests on paired outcomes
+(between selectors, between layouts at the same selector and k, best first vs best last), and in
 the results JSON every setting's outcome per test item (input, lang, expected, answer, correct).
 
 Answers are cached in <home>/benchmark_answers.json as they come, so a rerun with the same
@@ -42,6 +53,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -50,6 +63,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +72,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import assistants.chat  # noqa: E402
 from assistants import Actor, Core, NotFound  # noqa: E402
+from assistants.assistant import DEFAULT_LAYOUT  # noqa: E402
 from assistants.promotion import Step  # noqa: E402
+from assistants.prompt import LAYOUTS, build_prompt  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 DEMO = ROOT / "assistants" / "demo" / "numbers.json"
@@ -83,26 +100,62 @@ class Setting:
     selector: str
     k: int
     tuned: bool = False
+    layout: str = "turns"
+    best_first: bool = False  # the best example first in the prompt instead of nearest the message
 
 
-def few_shot_settings(k_values: list[int]) -> list[Setting]:
-    out = [Setting("zero-shot", "zero-shot", "similarity", 0)]
-    for k in k_values:
-        out.append(Setting(f"random-k{k}", f"random {k}-shot", "random", k))
-        out.append(Setting(f"retrieved-k{k}", f"retrieved {k}-shot", "similarity", k))
-        out.append(Setting(f"covering-k{k}", f"covering {k}-shot", "coverage", k))
+SELECTOR_WORDS = {"random": "random", "similarity": "retrieved", "coverage": "covering"}
+
+
+def variant(layout: str, best_first: bool) -> tuple[str, str]:
+    """The key and label suffixes of a layout and order: none for `turns`, best last (the
+    settings measured before layouts existed keep their keys, so their homes resume)."""
+    key = ("" if layout == "turns" else f"-{layout}") + ("-best-first" if best_first else "")
+    label = ("" if layout == "turns" else f", {layout}") + (", best first" if best_first else "")
+    return key, label
+
+
+def few_shot_settings(
+    k_values: list[int],
+    layouts: tuple[str, ...] = ("turns",),
+    selectors: tuple[str, ...] = ("random", "similarity", "coverage"),
+    best_first: tuple[str, ...] = (),
+) -> list[Setting]:
+    """Zero-shot (k=0 in k_values: no example, so the same prompt in every layout), then each
+    k, selector and layout, and best first for the layouts in `best_first`."""
+    out = []
+    if 0 in k_values:
+        out.append(Setting("zero-shot", "zero-shot", "similarity", 0, layout=layouts[0]))
+    for layout in layouts:
+        for first in (False, True) if layout in best_first else (False,):
+            key, label = variant(layout, first)
+            for k in (k for k in k_values if k > 0):
+                for selector in selectors:
+                    word = SELECTOR_WORDS[selector]
+                    out.append(
+                        Setting(
+                            f"{word}-k{k}{key}",
+                            f"{word} {k}-shot{label}",
+                            selector,
+                            k,
+                            layout=layout,
+                            best_first=first,
+                        )
+                    )
     return out
 
 
-def tuned_settings(tag: str) -> list[Setting]:
+def tuned_settings(tag: str, layout: str = "turns") -> list[Setting]:
+    key, label = variant(layout, False)
     return [
-        Setting(f"{tag}-k0", "fine-tuned", "similarity", 0, tuned=True),
+        Setting(f"{tag}-k0", "fine-tuned", "similarity", 0, tuned=True, layout=layout),
         Setting(
-            f"{tag}-k{HYBRID_K}",
-            f"fine-tuned + {HYBRID_K} retrieved",
+            f"{tag}-k{HYBRID_K}{key}",
+            f"fine-tuned + {HYBRID_K} retrieved{label}",
             "similarity",
             HYBRID_K,
             tuned=True,
+            layout=layout,
         ),
     ]
 
@@ -146,11 +199,12 @@ def data_fingerprint(pool: list[dict[str, str]], test: list[dict[str, str]]) -> 
 
 
 def pick_test(items: list[dict[str, str]], limit: int | None) -> list[int]:
-    """Indices of the test items to use: all, or a fixed random subset (every language gets
-    a share, unlike the file's first N lines, which are sorted by language)."""
+    """Indices of the test items to use: all, or the first `limit` of a fixed shuffle (every
+    language gets a share, unlike the file's first N lines, which are sorted by language; and a
+    larger limit extends a smaller one, so a rerun with a larger --limit reuses every answer)."""
     if not limit or limit >= len(items):
         return list(range(len(items)))
-    return sorted(random.Random(0).sample(range(len(items)), limit))
+    return sorted(random.Random(0).sample(range(len(items)), len(items))[:limit])
 
 
 def pick_train(pool: list[dict[str, str]], limit: int | None) -> list[dict[str, str]]:
@@ -218,6 +272,17 @@ class AnswerCache:
 # -- the product's path ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def prompt_order(best_first: bool) -> Iterator[None]:
+    """The order is measured before it is a setting: meanwhile the core's own prompt builder
+    is called with the best example first (the core calls it from its threads, in this process)."""
+    assistants.chat.build_prompt = functools.partial(build_prompt, best_first=best_first)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        assistants.chat.build_prompt = build_prompt
+
+
 def ensure_assistant(core: Core, name: str, setting: Setting, pool: list[dict[str, str]]) -> None:
     """The setting's assistant with the pool imported (created once per home)."""
     demo = json.loads(DEMO.read_text(encoding="utf-8"))
@@ -233,6 +298,7 @@ def ensure_assistant(core: Core, name: str, setting: Setting, pool: list[dict[st
             selector=setting.selector,
             temperature=0.0,
             max_tokens=MAX_TOKENS,
+            layout=setting.layout,
         )
     if len(core.examples.all_ids(assistant.id)) < len(pool):
         started = time.perf_counter()
@@ -242,8 +308,8 @@ def ensure_assistant(core: Core, name: str, setting: Setting, pool: list[dict[st
             f"in {time.perf_counter() - started:.1f} s",
             flush=True,
         )
-    if assistant.k != setting.k:
-        core.assistants.edit(ACTOR, name, k=setting.k)
+    if assistant.k != setting.k or assistant.layout != setting.layout:
+        core.assistants.edit(ACTOR, name, k=setting.k, layout=setting.layout)
 
 
 async def answer_all(
@@ -412,6 +478,8 @@ def report(
             "selector": s.selector,
             "k": s.k,
             "fine_tuned": s.tuned,
+            "layout": s.layout,
+            "best_first": s.best_first,
             "correct": sum(hits),
             "n": len(hits),
             "accuracy": sum(hits) / len(hits),
@@ -423,14 +491,8 @@ def report(
             "outcomes": hits,
             "items": items(cache, s, test, indices),
         }
+    results["tests"] = paired_tests(settings, hits_of)
     tests = results["tests"]
-    for k in k_values:
-        tests[f"retrieved-k{k} vs random-k{k}"] = mcnemar_exact(
-            hits_of[f"retrieved-k{k}"], hits_of[f"random-k{k}"]
-        )
-        tests[f"covering-k{k} vs retrieved-k{k}"] = mcnemar_exact(
-            hits_of[f"covering-k{k}"], hits_of[f"retrieved-k{k}"]
-        )
     few = [s for s in settings if not s.tuned]
     best = max(few, key=lambda s: (sum(hits_of[s.key]), -s.k))
     results["best_few_shot"] = best.key
@@ -441,12 +503,40 @@ def report(
     return results
 
 
+def paired_tests(settings: list[Setting], hits_of: dict[str, list[int]]) -> dict[str, Any]:
+    """McNemar between settings that differ in one thing: the selector (retrieved vs random,
+    covering vs retrieved), the layout (each against the ones before it in --layouts, same
+    selector and k), the order (best first vs best last)."""
+    few = {(s.selector, s.k, s.layout, s.best_first): s.key for s in settings if not s.tuned}
+    layouts = list(dict.fromkeys(s.layout for s in settings if not s.tuned))
+    tests: dict[str, Any] = {}
+
+    def pair(a: str | None, b: str | None) -> None:
+        if a and b:
+            tests[f"{a} vs {b}"] = mcnemar_exact(hits_of[a], hits_of[b])
+
+    for (selector, k, layout, first), key in few.items():
+        if k == 0:
+            continue
+        if selector == "similarity":
+            pair(key, few.get(("random", k, layout, first)))
+        if selector == "coverage":
+            pair(key, few.get(("similarity", k, layout, first)))
+        for earlier in layouts[: layouts.index(layout)]:
+            pair(key, few.get((selector, k, earlier, first)))
+        if first:
+            pair(key, few.get((selector, k, layout, False)))
+    return tests
+
+
 def goals(results: dict[str, Any], k_values: list[int], best: str) -> dict[str, Any]:
     acc = {k: v["accuracy"] for k, v in results["settings"].items()}
     tests = results["tests"]
     retrieved = {}
     for k in (k for k in k_values if k >= 3):
-        t = tests[f"retrieved-k{k} vs random-k{k}"]
+        t = tests.get(f"retrieved-k{k} vs random-k{k}")
+        if t is None:
+            continue  # random or the turns layout not measured in this run
         retrieved[f"k={k}"] = acc[f"retrieved-k{k}"] > acc[f"random-k{k}"] and t["p_value"] < 0.05
     tuned = {}
     for name, t in tests.items():
@@ -464,24 +554,24 @@ def goals(results: dict[str, Any], k_values: list[int], best: str) -> dict[str, 
 def print_table(results: dict[str, Any]) -> None:
     rows = results["settings"]
     print()
-    print(f"{'setting':<28} {'correct':>9} {'accuracy':>9}  {'95% CI':<15} {'s/answer':>8}")
+    print(f"{'setting':<40} {'correct':>9} {'accuracy':>9}  {'95% CI':<15} {'s/answer':>8}")
     for r in rows.values():
         low, high = r["ci95"]
         secs = f"{r['seconds_per_answer']:.2f}" if r["seconds_per_answer"] else "-"
         print(
-            f"{r['label']:<28} {r['correct']:>4}/{r['n']:<4} {r['accuracy']:>8.1%}  "
+            f"{r['label']:<40} {r['correct']:>4}/{r['n']:<4} {r['accuracy']:>8.1%}  "
             f"{low:>6.1%}-{high:<7.1%} {secs:>8}"
         )
     print("\nMcNemar (exact), a vs b: only a right / only b right, two-sided p")
     for name, t in results["tests"].items():
-        print(f"  {name:<40} {t['only_a']:>3} / {t['only_b']:<3}  p = {t['p_value']:.2g}")
+        print(f"  {name:<56} {t['only_a']:>3} / {t['only_b']:<3}  p = {t['p_value']:.2g}")
     main = main_settings(results)
     langs = sorted(next(iter(rows.values()))["per_language"])
     print("\nper language: " + " ".join(f"{lang:>5}" for lang in langs))
     for key in main:
         r = rows[key]
         cells = " ".join(f"{r['per_language'][lang]:>5.0%}" for lang in langs)
-        print(f"  {r['label']:<26}{cells}")
+        print(f"  {r['label']:<38}{cells}")
     g = results["goals"]
     print(f"\ngoal retrieved > random at k>=3 (p<0.05): {g['retrieved_beats_random_k>=3']}")
     print(f"goal promoted > best few-shot ({results['best_few_shot']}): "
@@ -504,9 +594,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     rows = list(results["settings"].values())
     labels = [r["label"] for r in rows]
     acc = [100 * r["accuracy"] for r in rows]
-    err = [
-        [100 * (r["accuracy"] - r["ci95"][0]) for r in rows],
-        [100 * (r["ci95"][1] - r["accuracy"]) for r in rows],
+    err = [  # never below 0: at 0 right the interval's end can round a hair above the point
+        [max(0.0, 100 * (r["accuracy"] - r["ci95"][0])) for r in rows],
+        [max(0.0, 100 * (r["ci95"][1] - r["accuracy"])) for r in rows],
     ]
     colours = [
         "#7f7f7f"
@@ -558,7 +648,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if cache.data.setdefault("data", fingerprint) != fingerprint:
         core.close()
         raise BadData(f"{home} holds answers for other --pool/--test data; use a fresh --home.")
-    settings = few_shot_settings(k_values)
+    layouts = tuple(args.layouts)
+    settings = few_shot_settings(k_values, layouts, tuple(args.selectors), tuple(args.best_first))
     phases: dict[str, float] = {}
     training: asyncio.Task[str] | None = None
     tuned: list[Setting] = []
@@ -573,7 +664,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.train_with_examples:
                 tag += "-served"
             tuned_name = f"numbers-{tag}"
-            tuned = tuned_settings(tag)
+            tuned = tuned_settings(tag, layouts[0])
             # Trained with examples, it holds the hybrid's k while its dataset is built, so each
             # training chat carries the examples it retrieves (assistants/dataset.py).
             ensure_assistant(core, tuned_name, tuned[int(args.train_with_examples)], train_pool)
@@ -603,7 +694,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for s in settings:
             name = f"numbers-{s.key}"
             ensure_assistant(core, name, s, pool)
-            await answer_all(core, cache, name, s, test, indices)
+            with prompt_order(s.best_first):
+                await answer_all(core, cache, name, s, test, indices)
         phases["few_shot_s"] = time.time() - t0
         if training is not None:
             t0 = time.time()
@@ -627,6 +719,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "test": str(args.test),
         "languages": len({test[i]["lang"] for i in indices}),
         "k_values": k_values,
+        "layouts": list(layouts),
+        "selectors": list(args.selectors),
+        "best_first": list(args.best_first),
         "max_tokens": MAX_TOKENS,
         "overlap": args.overlap,
         "temperature": 0.0,
@@ -639,6 +734,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return report(cache, settings, k_values, test, indices, meta)
 
 
+def choices(allowed: tuple[str, ...]):
+    """An argparse type: a comma-separated list of names from `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        wrong = [n for n in names if n not in allowed]
+        if wrong or not names:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: use a comma-separated list of {', '.join(allowed)}"
+            )
+        return list(dict.fromkeys(names))
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -646,7 +756,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", default=str(DATA / "numbers_pool.jsonl"), help="JSONL examples")
     parser.add_argument("--test", default=str(DATA / "numbers_test.jsonl"), help="JSONL to ask")
     parser.add_argument("--limit", type=int, default=None, help="test items (default: all)")
-    parser.add_argument("--k-values", default="1,3,5,8", help="k for the few-shot settings")
+    parser.add_argument(
+        "--k-values", default="0,1,3,5,8", help="k for the few-shot settings (0: zero-shot)"
+    )
+    parser.add_argument(
+        "--layouts",
+        type=choices(LAYOUTS),
+        default=[DEFAULT_LAYOUT],
+        help=f"prompt layouts, comma-separated, from {', '.join(LAYOUTS)}; the first is also "
+        f"the promoted assistant's (default: {DEFAULT_LAYOUT}, the one new assistants get)",
+    )
+    parser.add_argument(
+        "--selectors",
+        type=choices(tuple(SELECTOR_WORDS)),
+        default=list(SELECTOR_WORDS),
+        help="selectors for each k, comma-separated (default: random,similarity,coverage)",
+    )
+    parser.add_argument(
+        "--best-first",
+        type=choices(LAYOUTS),
+        default=[],
+        help="layouts also measured with the best example first (default: none; best last)",
+    )
     parser.add_argument("--skip-promotion", action="store_true", help="few-shot settings only")
     parser.add_argument(
         "--epochs",

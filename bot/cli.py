@@ -22,6 +22,7 @@ from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError
+from assistants.assistant import DEFAULT_LAYOUT
 from assistants.demo import TWIN_NAME
 from assistants.promotion import Step
 from bot.demo_chat import side_by_side
@@ -92,6 +93,12 @@ class Selector(StrEnum):
     coverage = "coverage"
     random = "random"
     fixed = "fixed"
+
+
+class Layout(StrEnum):  # assistants.prompt.LAYOUTS
+    turns = "turns"
+    system = "system"
+    pairs = "pairs"
 
 
 class Visibility(StrEnum):
@@ -170,6 +177,10 @@ def emit_json(data: Any) -> None:
 
 
 HISTORY_HELP = "Earlier exchanges in each prompt: a number (0: each message alone) or all."
+LAYOUT_HELP = (
+    "How the examples sit in the prompt: turns (user/assistant turns), system (one block in "
+    "the system message) or pairs (Input:/Output: pairs with the message)."
+)
 NameArg = Annotated[str, typer.Argument(help="The assistant's name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -192,6 +203,7 @@ def assistant_create(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0-2).")] = 0.7,
     max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
     history: Annotated[str | None, typer.Option(help=HISTORY_HELP)] = None,
+    layout: Annotated[Layout, typer.Option(help=LAYOUT_HELP)] = Layout(DEFAULT_LAYOUT),
     visibility: Annotated[Visibility, typer.Option(help="Who may use it.")] = Visibility.private,
     starter: Annotated[
         list[str] | None, typer.Option(help="A conversation starter (up to 4).")
@@ -211,6 +223,7 @@ def assistant_create(
             temperature=temperature,
             max_tokens=max_tokens,
             history=history,
+            layout=layout.value,
             visibility=visibility.value,
             starters=starter or [],
         )
@@ -231,6 +244,7 @@ def assistant_edit(
     temperature: Annotated[float | None, typer.Option()] = None,
     max_tokens: Annotated[int | None, typer.Option()] = None,
     history: Annotated[str | None, typer.Option(help=HISTORY_HELP)] = None,
+    layout: Annotated[Layout | None, typer.Option(help=LAYOUT_HELP)] = None,
     visibility: Annotated[Visibility | None, typer.Option()] = None,
     starter: Annotated[list[str] | None, typer.Option(help="Replaces all starters.")] = None,
     rename: Annotated[str | None, typer.Option(help="A new name.")] = None,
@@ -245,6 +259,7 @@ def assistant_edit(
         "temperature": temperature,
         "max_tokens": max_tokens,
         "history": history,  # text: a number or "all", read by the core
+        "layout": layout.value if layout else None,
         "visibility": visibility.value if visibility else None,
         "starters": starter,
         "name": rename,
@@ -279,6 +294,7 @@ def assistant_show(name: NameArg, as_json: JsonOpt = False) -> None:
         "temperature",
         "max_tokens",
         "history",
+        "layout",
         "visibility",
         "version",
         "examples",

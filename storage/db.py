@@ -239,6 +239,12 @@ def m007_assistant_history(db: Database) -> None:
     db.execute("ALTER TABLE assistants ADD COLUMN history INTEGER")
 
 
+@migrations()
+def m008_assistant_layout(db: Database) -> None:
+    # How the examples sit in the prompt; every assistant made before keeps today's turns.
+    db.execute("ALTER TABLE assistants ADD COLUMN layout TEXT NOT NULL DEFAULT 'turns'")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

@@ -21,14 +21,20 @@ MODAL_TIMEOUT = 30 * 60  # seconds a user may take to fill one in
 
 class AssistantModal(Modal):
     """Create (no `existing`) or edit an assistant: name, description, instructions, starters,
-    history."""
+    history; visibility and layout come from the command's options."""
 
-    def __init__(self, existing: Assistant | None = None, visibility: str | None = None) -> None:
+    def __init__(
+        self,
+        existing: Assistant | None = None,
+        visibility: str | None = None,
+        layout: str | None = None,
+    ) -> None:
         super().__init__(
             title="Edit assistant" if existing else "New assistant", timeout=MODAL_TIMEOUT
         )
         self.existing = existing
         self.visibility = visibility
+        self.layout = layout
         self.name: TextInput = TextInput(
             label="Name", max_length=64, placeholder="e.g. haiku-helper"
         )
@@ -74,6 +80,8 @@ class AssistantModal(Modal):
         }
         if self.visibility:
             values["visibility"] = self.visibility
+        if self.layout:
+            values["layout"] = self.layout
         async with guard(interaction):
             if self.existing is None:
                 assistant = await core.api.create_assistant(

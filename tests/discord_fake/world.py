@@ -103,7 +103,7 @@ async def create_assistant(w: World, user: User, name: str, *, channel=None, **f
         "create",
         user=user,
         channel=channel,
-        options={k: v for k, v in fields.items() if k == "visibility"},
+        options={k: v for k, v in fields.items() if k in ("visibility", "layout")},
     )
     await w.fake.answered(opened)
     values = {"Name": name, "Instructions": fields.get("instructions", "Answer briefly.")}

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
 
 Visibility = Literal["private", "guild", "public"]
+Layout = Literal["turns", "system", "pairs"]  # assistants.prompt.LAYOUTS
+LAYOUT_HELP = "How examples sit in the prompt: turns, system (one block) or pairs (Input/Output)"
 EMBED_FIELD = 1024
 
 
@@ -39,18 +41,30 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
         super().__init__()
 
     @app_commands.command()
-    @app_commands.describe(visibility="Who may use it (default: this server, or only you in DMs)")
+    @app_commands.describe(
+        visibility="Who may use it (default: this server, or only you in DMs)",
+        layout=LAYOUT_HELP,
+    )
     async def create(
-        self, interaction: discord.Interaction, visibility: Visibility | None = None
+        self,
+        interaction: discord.Interaction,
+        visibility: Visibility | None = None,
+        layout: Layout | None = None,
     ) -> None:
         """Create an assistant: name, description, instructions, conversation starters, history."""
-        await interaction.response.send_modal(AssistantModal(visibility=visibility))
+        await interaction.response.send_modal(AssistantModal(visibility=visibility, layout=layout))
 
     @app_commands.command()
-    @app_commands.describe(name="The assistant", visibility="Change who may use it")
+    @app_commands.describe(
+        name="The assistant", visibility="Change who may use it", layout=LAYOUT_HELP
+    )
     @app_commands.autocomplete(name=assistant_names)
     async def edit(
-        self, interaction: discord.Interaction, name: str, visibility: Visibility | None = None
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        visibility: Visibility | None = None,
+        layout: Layout | None = None,
     ) -> None:
         """Edit an assistant (its owner, or members with Manage Server)."""
         async with guard(interaction):
@@ -62,7 +76,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
                     f"{DISCORD_FIELD_LIMIT:,}-character field; edit them with the fewtune CLI.",
                 )
                 return
-            await interaction.response.send_modal(AssistantModal(assistant, visibility))
+            await interaction.response.send_modal(AssistantModal(assistant, visibility, layout))
 
     @app_commands.command()
     @app_commands.describe(name="The assistant")
@@ -80,6 +94,7 @@ class AssistantCog(commands.GroupCog, group_name="assistant"):
             embed.add_field(
                 name="History", value="all" if assistant.history is None else str(assistant.history)
             )
+            embed.add_field(name="Layout", value=assistant.layout)
             embed.add_field(name="Owner", value=f"<@{assistant.owner_id}>")
             if can_manage(actor, assistant):  # only they may see the instructions
                 embed.add_field(
