@@ -1,4 +1,5 @@
-"""The eval-gated switch and rollback, on stored promotions (no model needed)."""
+"""The eval-gated switch and rollback, on stored promotions (no model needed): evaluations with
+per-item scores, summarised by the gate as the evaluation stores them."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import json
 import pytest
 
 from assistants import TERMINAL, InvalidInput
+from assistants.gate import setting_scores, summarise
+
+ITEMS = 40
 
 
-def scores(few, alone, hybrid):
-    def one(exact):
-        return {"exact_match": exact, "token_f1": exact, "model": "m", "k": 0, "outcomes": []}
+def scores(few, alone, hybrid, items=ITEMS):
+    """An evaluation where each setting answers the first `share` of the items exactly."""
 
-    return {
-        "few_shot": one(few),
-        "fine_tuned": one(alone),
-        "fine_tuned_with_examples": one(hybrid),
-        "items": 10,
-    }
+    def one(share):
+        exact = [int(i < round(share * items)) for i in range(items)]
+        return setting_scores("m", 0, exact, [float(e) for e in exact], None)
+
+    settings = {"few_shot": one(few), "fine_tuned": one(alone), "fine_tuned_with_examples": one(hybrid)}
+    return summarise(settings, alpha=0.05, floor=10)
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def promoted(core):
 
 
 def test_alone_scoring_best_switches_with_k_zero_and_rollback_restores_k(core, promoted):
-    promoted(scores(few=0.14, alone=0.28, hybrid=0.17))
+    promoted(scores(few=0.14, alone=0.6, hybrid=0.17))
     result = core.promotions.switch(TERMINAL, "helper")
     assert result.switched and result.previous_k == 4
     assistant = core.assistants.get(TERMINAL, "helper")
@@ -55,7 +58,7 @@ def test_alone_scoring_best_switches_with_k_zero_and_rollback_restores_k(core, p
 
 
 def test_the_hybrid_scoring_best_keeps_the_examples(core, promoted):
-    promoted(scores(few=0.14, alone=0.10, hybrid=0.20))
+    promoted(scores(few=0.14, alone=0.10, hybrid=0.6))
     assert core.promotions.switch(TERMINAL, "helper").switched
     assert core.assistants.get(TERMINAL, "helper").k == 4
 
