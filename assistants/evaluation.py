@@ -108,7 +108,9 @@ class Evaluation:
                 if scoring:
                     try:
                         log_probs.append(
-                            await mean_log_prob(self.providers, setting.model, messages, item.target)
+                            await mean_log_prob(
+                                self.providers, setting.model, messages, item.target
+                            )
                         )
                     except CannotScore as exc:
                         scoring = False
@@ -151,7 +153,11 @@ class Evaluation:
                 judged = Judged()
                 for i, item in enumerate(items):
                     await judge.compare(
-                        item.question, item.target, answers["few_shot"][i], answers[candidate][i], judged
+                        item.question,
+                        item.target,
+                        answers["few_shot"][i],
+                        answers[candidate][i],
+                        judged,
                     )
                 found[candidate] = judge_scores(
                     str(model), judged.verdicts, judged.disagreements, judged.unreadable
@@ -163,6 +169,8 @@ class Evaluation:
                         f"{s['losses']} losses"
                     )
         except ProviderError as exc:
-            notes.append(f"The judge {model} could not be used ({exc}), so the gate went on without it.")
+            notes.append(
+                f"The judge {model} could not be used ({exc}), so the gate went on without it."
+            )
             return None
         return found

@@ -3,7 +3,7 @@
 Pure Python on stored numbers, so the switch (`Promotions._switch`), `fewtune promote status`
 and Discord's message all read one record. Layout of a promotion's `evaluation`:
 
-- `items`, `alpha`, `floor`, `primary`, `notes` (a sentence per metric skipped), `decision`
+- `items`, `alpha`, `threshold` (alpha / 2), `floor`, `primary`, `notes` (a sentence per metric skipped), `decision`
   (`switch`, `candidate`, `metric`, `p`, `reason`: one sentence), `tests`;
 - per setting (`few_shot`, `fine_tuned`, `fine_tuned_with_examples`): `model`, `k`,
   `exact_match`, `token_f1`, `outcomes` (exact match per item), `log_prob` (mean; None when the
@@ -103,7 +103,11 @@ def _test(evaluation: dict[str, Any], candidate: str, metric: str) -> dict[str, 
         if not judged:
             return None
         wins, losses = judged["wins"], judged["losses"]
-        return {"test": TESTS[metric], "p": stats.binomial_p(wins, losses), "difference": wins - losses}
+        return {
+            "test": TESTS[metric],
+            "p": stats.binomial_p(wins, losses),
+            "difference": wins - losses,
+        }
     ours = evaluation[candidate].get("scores", {}).get(metric)
     base = evaluation["few_shot"].get("scores", {}).get(metric)
     if ours is None or base is None or len(ours) != len(base):
@@ -157,6 +161,7 @@ def summarise(
     evaluation.update(
         tests=tests,
         alpha=alpha,
+        threshold=alpha / len(CANDIDATES),  # Bonferroni: two candidates, two looks
         floor=floor,
         primary=_primary(evaluation, tests),
         notes=list(notes),
@@ -175,7 +180,7 @@ def decide(evaluation: dict[str, Any]) -> dict[str, Any]:
     n, floor, alpha = evaluation["items"], evaluation["floor"], evaluation["alpha"]
     metric = evaluation["primary"]
     tests = evaluation["tests"]
-    threshold = alpha / len(CANDIDATES)
+    threshold = evaluation["threshold"]
     found = {c: tests[c][metric] for c in CANDIDATES if metric in tests[c]}
     # The better-looking candidate (for --force), the one with examples on a tie.
     looks = max(
@@ -189,7 +194,9 @@ def decide(evaluation: dict[str, Any]) -> dict[str, Any]:
         )
         return decision
     winners = [
-        c for c in CANDIDATES if c in found and found[c]["difference"] > 0 and found[c]["p"] < threshold
+        c
+        for c in CANDIDATES
+        if c in found and found[c]["difference"] > 0 and found[c]["p"] < threshold
     ]
     if winners:
         best = min(reversed(winners), key=lambda c: found[c]["p"])

@@ -34,14 +34,12 @@ def judge_prompt(question: str, reference: str, answer_a: str, answer_b: str) ->
 
 
 def parse_verdict(reply: str) -> str | None:
-    """"A", "B" or "tie" from a judge's reply (its last `Verdict:` line, or a reply that is
+    """ "A", "B" or "tie" from a judge's reply (its last `Verdict:` line, or a reply that is
     only the verdict); None when it says none of them."""
     found = VERDICT.findall(reply)
-    if found:
-        word = found[-1]
-    else:
-        word = reply.strip().strip("`*.:!\"' ").removeprefix("Answer ").strip()
-    word = word.casefold()
+    # No verdict line: a reply that is only the verdict ("B", "Answer A.", "**tie**").
+    bare = reply.strip().strip("`*.:!\"' ").removeprefix("Answer ").strip()
+    word = (found[-1] if found else bare).casefold()
     return {"a": "A", "b": "B", "tie": "tie"}.get(word)
 
 

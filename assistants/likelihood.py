@@ -54,8 +54,10 @@ async def mean_log_prob(
             if offset >= len(prompt) and value is not None
         ]
     except (openai.APIError, KeyError, TypeError, IndexError, AssertionError) as exc:
-        reason = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else (
-            type(exc).__name__
+        reason = (
+            f"HTTP {exc.status_code}"
+            if isinstance(exc, openai.APIStatusError)
+            else (type(exc).__name__)
         )
         raise CannotScore(
             f"The provider {model.provider!r} cannot score answers ({reason} on apply-template "

@@ -75,8 +75,8 @@ def wilcoxon_p(differences: Sequence[float]) -> float:
         return min(1.0, 2 * min(below, above) / 2**n)
     mean = n * (n + 1) / 4
     ties: dict[float, int] = {}
-    for r in ranks:
-        ties[r] = ties.get(r, 0) + 1
+    for rank in ranks:
+        ties[rank] = ties.get(rank, 0) + 1
     variance = n * (n + 1) * (2 * n + 1) / 24 - sum(t**3 - t for t in ties.values()) / 48
     if variance <= 0:
         return 1.0

@@ -136,7 +136,9 @@ class EvaluationSettings:
                 f'fewtune.toml: evaluation.judge must be "provider:model", not {self.judge!r}.'
             )
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
-            raise SettingsError(f"fewtune.toml: evaluation.alpha must be a number, not {self.alpha!r}.")
+            raise SettingsError(
+                f"fewtune.toml: evaluation.alpha must be a number, not {self.alpha!r}."
+            )
         if not 0 < self.alpha < 1:
             raise SettingsError(
                 f"fewtune.toml: evaluation.alpha must be between 0 and 1, not {self.alpha!r}."

@@ -1,10 +1,10 @@
 """The one scripted model for tests and benchmarks: a real OpenAI-compatible HTTP server on
 127.0.0.1 (after simonw/llm's `MockModel`). A test queues what the next requests get with
-`enqueue` and reads what was sent in `history`; with nothing queued it answers `reply`, or
-"echo: <the last user message>". It is a chat-only API, like a hosted one: any other path
-(`/v1/completions`, fewtune's `/v1/apply-template`) gets 404, recorded in `others`. Chat
-completions stream as server-sent events, one word per
-chunk, or come whole; both carry usage.
+`enqueue` and reads what was sent in `history`; with nothing queued it answers what
+`respond(body)` says, or `reply`, or "echo: <the last user message>". It is a chat-only API,
+like a hosted one: any other path (`/v1/completions`, fewtune's `/v1/apply-template`) gets 404,
+recorded in `others`. Chat completions stream as server-sent events, one word per chunk, or
+come whole; both carry usage.
 
 It serves from threads of its own (the stdlib's ThreadingHTTPServer), so sync tests, async
 tests and the CLI's own event loop all talk to it the same way. `python tests/fake_model.py
@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,17 @@ class Scripted:
 class FakeModel:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that answers what it was told."""
 
-    def __init__(self, delay: float = 0.0, chunk_delay: float = 0.0, reply: str | None = None):
+    def __init__(
+        self,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        reply: str | None = None,
+        respond: Callable[[dict[str, Any]], str] | None = None,
+    ):
         self.delay = delay  # seconds before every answer
         self.chunk_delay = chunk_delay  # seconds between streamed chunks
         self.reply = reply  # the answer when nothing is queued (default: the echo)
+        self.respond = respond  # or the answer as a function of the request's body
         self.history: list[dict[str, Any]] = []  # every chat request's body, in order
         self.others: list[str] = []  # the paths of other requests (answered 404)
         self._queue: deque[Scripted] = deque()
@@ -98,7 +106,9 @@ class FakeModel:
             self.history.append(body)
             if self._queue:
                 return self._queue.popleft()
-        if self.reply is not None:
+        if self.respond is not None:
+            text = self.respond(body)
+        elif self.reply is not None:
             text = self.reply
         else:
             user = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]

@@ -20,7 +20,11 @@ def scores(few, alone, hybrid, items=ITEMS):
         exact = [int(i < round(share * items)) for i in range(items)]
         return setting_scores("m", 0, exact, [float(e) for e in exact], None)
 
-    settings = {"few_shot": one(few), "fine_tuned": one(alone), "fine_tuned_with_examples": one(hybrid)}
+    settings = {
+        "few_shot": one(few),
+        "fine_tuned": one(alone),
+        "fine_tuned_with_examples": one(hybrid),
+    }
     return summarise(settings, alpha=0.05, floor=10)
 
 
