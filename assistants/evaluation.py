@@ -170,7 +170,7 @@ class Evaluation:
                     )
         except ProviderError as exc:
             notes.append(
-                f"The judge {model} could not be used ({exc}), so the gate went on without it."
+                f"The judge {model} was left out, so the gate went on to the next metric: {exc}"
             )
             return None
         return found

@@ -75,10 +75,10 @@ class Judge:
         first = await self._ask(question, reference, few_shot, candidate)  # candidate is B
         second = await self._ask(question, reference, candidate, few_shot)  # candidate is A
         judged.unreadable += (first is None) + (second is None)
-        if first == "B" and second == "A":
-            judged.verdicts.append(1)
-        elif first == "A" and second == "B":
-            judged.verdicts.append(-1)
+        # Each verdict from the candidate's side: 1 it won, -1 few-shot won, 0 a tie.
+        ours = {"B": 1, "A": -1}.get(first or "", 0), {"A": 1, "B": -1}.get(second or "", 0)
+        if ours[0] == ours[1]:
+            judged.verdicts.append(ours[0])
         else:
-            judged.disagreements += first != second
+            judged.disagreements += 1
             judged.verdicts.append(0)
