@@ -95,3 +95,34 @@ def test_a_frontend_finds_the_promotions_it_follows_until_it_lets_them_go(core, 
     core.promotions.follow_from(second, None)
     assert core.promotions.followed("discord") == []
     assert [p.id for p, _ in core.promotions.followed("slack")] == [first]
+
+
+def test_too_few_held_out_chats_refuse_the_switch_unless_forced(core, promoted):
+    promoted(scores(few=0.0, alone=1.0, hybrid=1.0, items=7))
+    result = core.promotions.switch(TERMINAL, "helper")
+    assert not result.switched
+    assert result.evaluation["decision"]["reason"] == (
+        "Not enough evidence yet: 7 held-out chats, fewer than the 10 the gate needs to decide; "
+        "collect more or --force."
+    )
+    forced = core.promotions.switch(TERMINAL, "helper", force=True)
+    assert forced.switched
+    # What status and the live message show says it was forced, and why the gate would not.
+    assert forced.evaluation["decision"]["forced"] is True
+    assert forced.evaluation["decision"]["reason"].startswith(
+        "Switched as forced, though the gate said: not enough evidence yet: 7 held-out chats"
+    )
+
+
+def test_a_gain_that_is_not_significant_keeps_the_model(core, promoted):
+    # 5 of 40 against 2 of 40: McNemar on 3 discordant pairs, p = 0.25.
+    promoted(scores(few=0.05, alone=0.05, hybrid=0.125))
+    result = core.promotions.switch(TERMINAL, "helper")
+    assert not result.switched
+    assert result.evaluation["tests"]["fine_tuned_with_examples"]["exact_match"]["p"] == 0.25
+    assert result.evaluation["decision"]["reason"].startswith(
+        "No significant gain on exact match over few-shot (fine-tuned + examples: exact McNemar, "
+        "p=0.250)"
+    )
+    assert core.promotions.switch(TERMINAL, "helper", force=True).switched
+    assert core.assistants.get(TERMINAL, "helper").k == 4  # forced to the better-looking one
