@@ -93,8 +93,7 @@ async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(w
 
     promotion = w.core.promotions.latest(owner, "numbers")
     assert promotion.status == "succeeded" and promotion.evaluation is not None
-    # The live message says what is stored: the decision and its reason (4 held-out chats:
-    # below the floor, so it keeps its model).
+    # The live message says what is stored: the decision, in its one sentence.
     assert f"decision: {promotion.evaluation['decision']['reason']}" in content
     status = await run(
         w, "assistant", "status", user=w.alice, channel=w.channel, options={"name": "numbers"}
