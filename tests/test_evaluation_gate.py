@@ -1,7 +1,7 @@
 """The evaluation gate end to end on loopback: the real core (SQLite, chromadb) evaluates a
 promotion against scripted OpenAI-compatible providers on 127.0.0.1 (tests/fake_model.py): the
 few-shot model, the fine-tuned model and a judge. Chat-only providers cannot score, so the
-likelihood is skipped there (tests/test_likelihood.py scores against `fewtune serve`)."""
+likelihood is skipped there (tests/test_likelihood.py scores on loopback)."""
 
 from __future__ import annotations
 
