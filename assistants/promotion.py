@@ -98,8 +98,9 @@ class Step:
 
     kind: "started" (the job exists), "event" (the job's status and one of its events:
     `message`, and `metrics` for a training-metrics event), "evaluating" (the job succeeded;
-    the evaluation begins), "evaluated" (one setting scored, in `message`) or "switched" (the
-    decision: `promotion.evaluation` and `promotion.switched`). `promotion` is as stored then.
+    the evaluation begins), "evaluated" (one setting scored, or the judge's verdicts on one
+    candidate, in `message`) or "switched" (the decision: `promotion.evaluation` and
+    `promotion.switched`). `promotion` is as stored then.
     """
 
     kind: str
@@ -489,8 +490,9 @@ class Promotions:
         judge: str | None = None,
     ) -> Promotion:
         """The whole promotion: start, follow the job, evaluate, switch (force: with little data,
-        and even if not better; judge: "provider:model" over `[evaluation] judge`). Each step goes to on_step; the promotion as it ended is returned
-        (its status says how the job ended; `switched` the decision).
+        and even if not better; judge: "provider:model" over `[evaluation] judge`). Each step
+        goes to on_step; the promotion as it ended is returned (its status says how the job
+        ended; `switched` the decision).
 
         `where` names the frontend ("frontend") and where it shows the progress; it is stored
         with the actor and `force`, so that a `resumable` frontend, restarted, goes on with
