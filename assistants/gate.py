@@ -3,8 +3,9 @@
 Pure Python on stored numbers, so the switch (`Promotions._switch`), `fewtune promote status`
 and Discord's message all read one record. Layout of a promotion's `evaluation`:
 
-- `items`, `alpha`, `threshold` (alpha / 2), `floor`, `primary`, `notes` (a sentence per metric skipped), `decision`
-  (`switch`, `candidate`, `metric`, `p`, `reason`: one sentence), `tests`;
+- `items`, `alpha`, `threshold` (alpha / 2), `floor`, `primary`, `notes` (a sentence per
+  metric skipped), `decision` (`switch`, `candidate`, `metric`, `p`, `reason`: one sentence;
+  `forced` after a forced switch), `tests`;
 - per setting (`few_shot`, `fine_tuned`, `fine_tuned_with_examples`): `model`, `k`,
   `exact_match`, `token_f1`, `outcomes` (exact match per item), `log_prob` (mean; None when the
   provider cannot score), `scores` (per item: exact_match, token_f1, log_prob), `intervals`

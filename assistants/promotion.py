@@ -662,11 +662,11 @@ class Promotions:
         alone_is_best = decision.get("candidate") == "fine_tuned"
         if decision.get("reason") and not decision.get("switch"):
             # Forced: stored, so that status and the live message say what this switch did.
-            reason = decision["reason"]
+            said = decision["reason"][0].lower() + decision["reason"][1:]
             forced = {
                 **decision,
                 "forced": True,
-                "reason": f"Switched as forced, though the gate said: {reason[0].lower()}{reason[1:]}",
+                "reason": f"Switched as forced, though the gate said: {said}",
             }
             self._update(promotion.id, evaluation={**evaluation, "decision": forced})
         assistant = self.assistants.set_fine_tuned_model(

@@ -1,8 +1,9 @@
 """/assistant promote in Discord: the dataset's figures and a confirm button, then ONE message
 that shows the job's progress (status, step, loss; edited at most about once a second) and ends
 with the evaluation (scores with 95% intervals, p-values, the decision in one sentence) and two
-images: the loss curve and the evaluation's scores. The job is followed by a background task of the bot,
-so the interaction is answered at once and the bot goes on serving everyone else meanwhile.
+images: the loss curve and the evaluation's scores. The job is followed by a background task of
+the bot, so the interaction is answered at once and the bot goes on serving everyone else
+meanwhile.
 
 The progress message has a Cancel button. Every decision is the core's (`core.promotions.promote`
 runs start, follow, evaluate and switch; `resume` goes on after a restart; `cancel`); this module
