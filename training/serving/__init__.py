@@ -1,4 +1,5 @@
-"""`fewtune serve`: the OpenAI-compatible chat server (FastAPI + uvicorn) over a ChatEngine.
+"""`fewtune serve`: the OpenAI-compatible chat server (FastAPI + uvicorn) over a ChatEngine;
+chat, legacy completions (with logprobs, to score texts) and apply-template.
 
 - `create_app(settings, token, engine=None)` (training.serving.app): the ASGI app; add routers with
   `app.include_router`, reach the engine as `request.app.state.engine`.

@@ -21,6 +21,7 @@ from storage.settings import Settings
 from training.api_errors import APIError, error_body
 from training.finetune import attach_finetuning
 from training.serving.chat import router as chat_router
+from training.serving.completions import router as completions_router
 from training.serving.engine import ChatEngine, EngineError
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
         return error_response(500, "Internal server error; see the server log.", "server_error")
 
     app.include_router(chat_router)
+    app.include_router(completions_router)
     attach_finetuning(app, settings)  # /v1/files, /v1/fine_tuning/jobs and the job worker
     app.state.activity = None
     return app

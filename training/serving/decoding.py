@@ -153,3 +153,8 @@ class TextAssembler:
     @property
     def token_count(self) -> int:
         return len(self._ids)
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The tokens added so far."""
+        return tuple(self._ids)

@@ -6,6 +6,8 @@
   weights file changed) is loaded again.
 - Generation runs in one worker thread, one request at a time, so the event loop never blocks and
   requests never fight over the CPU; tokens are streamed to the caller as they are produced.
+- Legacy completions prompts (`prepare_text`) generate the same way; their scores (`score`) come
+  from one plain transformers/peft forward pass on that thread (training.serving.scoring).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.settings import Settings
 from training.base_models import public_name, resolve_base_model
 from training.served_adapters import adapter_dir, list_adapters
+
+if TYPE_CHECKING:
+    from training.serving.scoring import Scored
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ class ChatDelta:
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
+    ids: tuple[int, ...] = ()  # on the last delta: the tokens generated, the end token included
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class ChatResult:
     text: str
     finish_reason: str
     usage: Usage
+    ids: tuple[int, ...] = ()  # the tokens generated, the end token included
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,17 @@ class PreparedChat:
     messages: tuple[dict[str, str], ...]
     sampling: Sampling
     prompt_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    """A validated legacy-completions prompt: the chat to generate from, the prompt's text (token
+    ids given: decoded), and how many tokens the tokenizer put before the text (a start token:
+    context, not part of the text)."""
+
+    chat: PreparedChat
+    text: str
+    added: int = 0
 
 
 _DONE = object()
@@ -268,7 +286,7 @@ class ChatEngine:
             parts.append(delta.text)
             last = delta
         assert last.usage is not None and last.finish_reason is not None
-        return ChatResult("".join(parts), last.finish_reason, last.usage)
+        return ChatResult("".join(parts), last.finish_reason, last.usage, last.ids)
 
     async def chat(
         self, model: str, messages: list[dict[str, str]], sampling: Sampling | None = None
@@ -276,7 +294,65 @@ class ChatEngine:
         """prepare + complete in one call (for Python callers and tests)."""
         return await self.complete(await self.prepare(model, messages, sampling or Sampling()))
 
+    async def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The text the model is fed for `messages` (generation prompt added), as chat builds it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._prompt_text, messages)
+
+    async def prepare_text(
+        self, model: str, prompt: str | list[int], sampling: Sampling, scoring: bool = False
+    ) -> PreparedText:
+        """Check the model and tokenize a completions prompt (text or token ids). A prompt to
+        score only (`scoring`) may fill the whole context; one to continue must leave room."""
+        model_id = self.resolve(model)
+        loop = asyncio.get_running_loop()
+        ids, text, added = await loop.run_in_executor(self._executor, self._text_ids, prompt)
+        if len(ids) == 0:
+            raise EngineError("The prompt is empty: give at least one token of text.")
+        limit = self._context if scoring else self._context - 1
+        if self._context and len(ids) > limit:
+            raise ContextLengthError(
+                f"The prompt has {len(ids)} tokens but {self.base_model} reads at most "
+                f"{self._context}{'' if scoring else ' with room for one more'}; shorten it."
+            )
+        chat = PreparedChat(model_id, (), sampling, tuple(ids))
+        return PreparedText(chat, text, added)
+
+    async def score(self, model: str, ids: list[int], top: int, generated_from: int) -> Scored:
+        """Each token's log-probability under `model` (its adapter applied) and its text piece;
+        the tokens from `generated_from` on were generated and decode without special tokens."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._score, model, ids, top, generated_from
+        )
+
     # -- generation (worker thread) -------------------------------------------------------
+
+    def _prompt_text(self, messages: list[dict[str, str]]) -> str:
+        self.load()
+        tokenizer = self._tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            return str(
+                tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            )
+        return _transcript(messages)
+
+    def _text_ids(self, prompt: str | list[int]) -> tuple[list[int], str, int]:
+        from training.serving.scoring import prompt_tokens
+
+        self.load()
+        try:
+            return prompt_tokens(self._tokenizer, prompt)
+        except ValueError as exc:  # a token id outside the vocabulary
+            raise EngineError(str(exc)) from exc
+
+    def _score(self, model_id: str, ids: list[int], top: int, generated_from: int) -> Scored:
+        from training.serving.scoring import score_tokens, scored
+
+        self.load()
+        with self._transformers_model(model_id) as model:
+            scores = score_tokens(model, ids, top, self._device)
+        return scored(self._tokenizer, ids, scores, generated_from)
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         self.load()
@@ -286,9 +362,7 @@ class ChatEngine:
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True
             )
             return list(encoded["input_ids"])
-        # A base model without a chat template still answers, in a plain transcript format.
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(tokenizer(text)["input_ids"])
+        return list(tokenizer(_transcript(messages))["input_ids"])
 
     def _generate(
         self, chat: PreparedChat, send: Callable[[ChatDelta], None], cancel: threading.Event
@@ -306,11 +380,12 @@ class ChatEngine:
         )
         assembler = TextAssembler(self._tokenizer, params.stop)
         finish = "length"
+        end: tuple[int, ...] = ()
         with self._stepper(chat.model) as stepper:
             prompt = list(chat.prompt_ids)
             for token in decode_loop(stepper, prompt, params, self._eos_ids, cancel):
                 if token in self._eos_ids:
-                    finish = "stop"
+                    finish, end = "stop", (token,)
                     break
                 delta = assembler.add(token)
                 if delta:
@@ -322,9 +397,9 @@ class ChatEngine:
         if rest:
             send(ChatDelta(rest))
         # The end token counts as generated, as OpenAI counts it.
-        ended = finish == "stop" and not assembler.stopped
-        completion = assembler.token_count + (1 if ended else 0)
-        send(ChatDelta("", finish, Usage(len(chat.prompt_ids), completion)))
+        completion = assembler.token_count + len(end)
+        ids = assembler.ids + end
+        send(ChatDelta("", finish, Usage(len(chat.prompt_ids), completion), ids))
 
     @contextlib.contextmanager
     def _stepper(self, model_id: str) -> Iterator[Any]:
@@ -341,16 +416,22 @@ class ChatEngine:
             if lora is not None:
                 yield FastStepper(self._fast, lora)
                 return
+        with self._transformers_model(model_id) as model:
+            yield TransformersStepper(model, self._device)
+
+    @contextlib.contextmanager
+    def _transformers_model(self, model_id: str) -> Iterator[Any]:
+        """The transformers (or peft) model that runs `model_id`, its adapter active."""
         if model_id == self.base_model:
             if self._peft is None:
-                yield TransformersStepper(self._model, self._device)
+                yield self._model
             else:
                 with self._peft.disable_adapter():
-                    yield TransformersStepper(self._peft, self._device)
+                    yield self._peft
             return
         internal = self._load_adapter(model_id)
         self._peft.set_adapter(internal)
-        yield TransformersStepper(self._peft, self._device)
+        yield self._peft
 
     def _fast_adapter(self, name: str) -> Any:
         """The adapter in the fast decoder's layout; None when only peft can apply it."""
@@ -406,6 +487,11 @@ class ChatEngine:
             raise AdapterLoadError(
                 f"Adapter {name!r} cannot be loaded on base model {self.base_model}: {exc}"
             ) from exc
+
+
+def _transcript(messages: list[dict[str, str]]) -> str:
+    """A base model without a chat template still answers, in a plain transcript format."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

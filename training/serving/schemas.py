@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI-compatible chat API (pydantic) and the response shapes.
+"""Request bodies of the OpenAI-compatible chat and completions APIs (pydantic) and the
+response shapes.
 
 Fields that fewtune does not use (frequency_penalty, user, logit_bias, ...) are accepted and
 ignored, as OpenAI-compatible servers usually do, so any OpenAI client works unchanged.
@@ -13,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from training.serving.engine import ChatResult, Sampling, Usage
+
+MAX_PROMPTS = 256  # prompts in one /v1/completions request
 
 
 class TextPart(BaseModel):
@@ -140,3 +143,149 @@ def chunk_body(
 
 def model_body(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "fewtune"}
+
+
+class CompletionRequest(BaseModel):
+    """The legacy `/v1/completions` body. Penalties and `user` are ignored as in chat; options
+    that would change what a score means (best_of, suffix, logit_bias) are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    best_of: int | None = None
+    suffix: str | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, value: Any) -> Any:
+        def ids(item: Any) -> bool:
+            return isinstance(item, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in item
+            )
+
+        if isinstance(value, str) or ids(value):
+            return value
+        if isinstance(value, list) and (
+            all(isinstance(item, str) for item in value) or all(ids(item) for item in value)
+        ):
+            return value
+        raise ValueError(
+            "must be a text, a list of texts, a list of token ids or a list of such lists"
+        )
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompts(
+        cls, value: str | list[str] | list[int] | list[list[int]]
+    ) -> str | list[str] | list[int] | list[list[int]]:
+        if isinstance(value, list) and not value:
+            raise ValueError("give a text, a list of texts, or token ids")
+        if isinstance(value, list) and len(value) > MAX_PROMPTS and not isinstance(value[0], int):
+            raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("insertion (a suffix) is not supported")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per choice: a text or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(item, int) for item in self.prompt):
+            return [[int(item) for item in self.prompt]]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
+
+    def wanted_tokens(self) -> int:
+        return 16 if self.max_tokens is None else self.max_tokens
+
+    def sampling(self) -> Sampling:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return Sampling(
+            max_tokens=self.wanted_tokens(),
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=stop,
+            seed=self.seed,
+        )
+
+
+class ApplyTemplateRequest(BaseModel):
+    """`/v1/apply-template` (llama.cpp's `/apply-template`): the prompt chat would build."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [m.as_dict() for m in self.messages]
+
+
+def text_completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+
+def text_choice(
+    index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def text_completion_body(
+    cid: str, model: str, created: int, choices: list[dict[str, Any]], usage: Usage | None
+) -> dict[str, Any]:
+    """A `text_completion` (a whole answer, or one chunk of a stream: usage None there)."""
+    body: dict[str, Any] = {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if usage is not None:
+        body["usage"] = usage_body(usage)
+    return body
