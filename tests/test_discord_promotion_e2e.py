@@ -93,6 +93,10 @@ async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(w
 
     promotion = w.core.promotions.latest(owner, "numbers")
     assert promotion.status == "succeeded" and promotion.evaluation is not None
+    # A fewtune server scores: the likelihood of the owner's answers is the primary metric.
+    ev = promotion.evaluation
+    assert all(ev[s]["log_prob"] is not None for s in ("few_shot", "fine_tuned"))
+    assert ev["primary"] == "log_prob" and "log-prob/token" in content
     # The live message says what is stored: the decision, in its one sentence.
     assert f"decision: {promotion.evaluation['decision']['reason']}" in content
     status = await run(
