@@ -639,10 +639,11 @@ class Promotions:
         return self._switch(replace(promotion, status="succeeded"), actor, force)
 
     def switch(self, actor: Actor, name: str, force: bool = False) -> Promotion:
-        """Switch to the fine-tuned model if it is not worse than few-shot (or if forced).
+        """Switch to the fine-tuned model when the stored evaluation's decision says so (or if
+        forced).
 
-        It is served the way it scored best: with the assistant's retrieved examples (the
-        hybrid), or alone (k set to 0) when alone scored higher; rollback restores k too."""
+        It is served as the gate's candidate: with the assistant's retrieved examples (the
+        hybrid), or alone (k set to 0); rollback restores k too."""
         promotion = self.latest(actor, name)
         if promotion.status != "succeeded" or not promotion.fine_tuned_model:
             raise InvalidInput(f"The latest promotion of {name!r} has not succeeded.")
