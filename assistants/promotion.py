@@ -6,12 +6,12 @@ GPU machine (`local` by default) or on any hosted provider that offers fine-tuni
 
 Training chats carry the examples the assistant retrieves for them, as it will be served
 (`[promotion] train_with_examples`, see assistants/dataset.py). After the job: evaluation on the
-held-out split, the assistant as it is (few-shot) against the
-fine-tuned model alone and with retrieved examples (the article's hybrid). The assistant then
-answers with the fine-tuned model plus its k retrieved examples (the hybrid), so the switch
-happens only when the hybrid scores at least as well as few-shot, unless forced. Scores: exact
-match (after trimming and case-folding) and mean token F1; the switch compares exact match, then
-F1. Every figure is stored with the promotion and shown. Rollback returns to the previous model.
+held-out split, the assistant as it is (few-shot) against the fine-tuned model alone and with
+retrieved examples (the article's hybrid), item by item (assistants/evaluation.py); the gate
+(assistants/gate.py) switches only when a candidate is significantly better than few-shot on
+the primary metric (a judge, the likelihood of the owner's answers, exact match, token F1),
+unless forced. Every figure is stored with the promotion and shown. Rollback returns to the
+previous model (and k).
 
 `Promotions.promote` runs the whole way (start, follow, evaluate, switch) once for every
 frontend, reporting each `Step` to a callback; frontends only render the steps. One promotion
@@ -43,7 +43,9 @@ from assistants.assistant import Assistant, Assistants, now
 from assistants.chat import Chat, Composed
 from assistants.dataset import Dataset, build_dataset
 from assistants.errors import InvalidInput, LimitExceeded, NotFound, ProviderError
+from assistants.evaluation import Evaluation, Setting
 from assistants.providers import LOCAL, ModelRef, Providers, describe
+from storage.settings import judge_is_valid
 
 MIN_TRAIN_CHATS = 10  # fewer is not worth a fine-tune; force overrides
 ENDED_STATUSES = ("succeeded", "failed", "cancelled")  # a promotion in any other is active
@@ -96,8 +98,9 @@ class Step:
 
     kind: "started" (the job exists), "event" (the job's status and one of its events:
     `message`, and `metrics` for a training-metrics event), "evaluating" (the job succeeded;
-    the evaluation begins), "evaluated" (one setting scored, in `message`) or "switched" (the
-    decision: `promotion.evaluation` and `promotion.switched`). `promotion` is as stored then.
+    the evaluation begins), "evaluated" (one setting scored, or the judge's verdicts on one
+    candidate, in `message`) or "switched" (the decision: `promotion.evaluation` and
+    `promotion.switched`). `promotion` is as stored then.
     """
 
     kind: str
@@ -109,27 +112,12 @@ class Step:
 OnStep = Callable[[Step], Awaitable[None]]
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 def _already_running(assistant: Assistant, promotion: Promotion) -> LimitExceeded:
     job = promotion.job if promotion.job_id else "its job is being created"
     return LimitExceeded(
         f"A promotion of {assistant.name!r} is already running ({job}, {promotion.status}); "
         "wait for it to end or cancel it."
     )
-
-
-def token_f1(answer: str, target: str) -> float:
-    a, t = normalise(answer).split(), normalise(target).split()
-    if not a or not t:
-        return float(a == t)
-    common = sum(min(a.count(w), t.count(w)) for w in set(a))
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(t)
-    return 2 * precision * recall / (precision + recall)
 
 
 class Promotions:
@@ -173,9 +161,12 @@ class Promotions:
         ) -> Composed:
             return self.chat.compose(assistant, history, text, seed=seed, exclude=exclude)
 
-        return build_dataset(
+        data = build_dataset(
             self.db, assistant.id, assistant.instructions, serve=serve if with_examples else None
         )
+        # The gate's floor beside the held-out count: below it, the evaluation cannot decide.
+        data.stats["held_out_floor"] = self.chat.settings.evaluation.min_held_out
+        return data
 
     def _name(self, name: str | int) -> str:
         """An assistant's name, from a name or an id (a Discord button's)."""
@@ -272,6 +263,15 @@ class Promotions:
         """`followed`, for a frontend's loop: what it goes on following after a restart."""
         found: list[tuple[Promotion, Assistant]] = await self._in_thread(self.followed, frontend)
         return found
+
+    def _check_judge(self, judge: str) -> None:
+        """A judge names a known provider and a model ("provider:model")."""
+        if not judge_is_valid(judge):
+            raise InvalidInput(f'A judge is "provider:model", not {judge!r}.')
+        try:
+            self.providers.config(ModelRef.parse(judge).provider)
+        except ProviderError as exc:
+            raise InvalidInput(f"The judge {judge!r} cannot be used: {exc}") from exc
 
     def _base_model(self, assistant: Assistant, provider: str, base_model: str | None) -> str:
         if base_model:
@@ -487,15 +487,19 @@ class Promotions:
         resumable: bool = False,
         poll_seconds: float = 2.0,
         with_examples: bool | None = None,
+        judge: str | None = None,
     ) -> Promotion:
         """The whole promotion: start, follow the job, evaluate, switch (force: with little data,
-        and even if not better). Each step goes to on_step; the promotion as it ended is returned
-        (its status says how the job ended; `switched` the decision).
+        and even if not better; judge: "provider:model" over `[evaluation] judge`). Each step
+        goes to on_step; the promotion as it ended is returned (its status says how the job
+        ended; `switched` the decision).
 
         `where` names the frontend ("frontend") and where it shows the progress; it is stored
         with the actor and `force`, so that a `resumable` frontend, restarted, goes on with
         `resume`. A frontend that does not resume lets the promotion go when it is stopped."""
-        follower = {**where, "actor": actor.to_dict(), "force": force}
+        if judge is not None:
+            self._check_judge(judge)
+        follower = {**where, "actor": actor.to_dict(), "force": force, "judge": judge}
         promotion = await self.start(
             actor,
             name,
@@ -595,19 +599,12 @@ class Promotions:
 
     # -- evaluation and the switch ---------------------------------------------------------------
 
-    async def _answer(
-        self, model: ModelRef, messages: list[dict[str, str]], max_tokens: int
-    ) -> str:
-        parts = []
-        async for chunk in self.providers.stream_chat(model, messages, 0.0, max_tokens):
-            parts.append(chunk.text)
-        return "".join(parts).strip()
-
     async def _evaluate(
         self, promotion: Promotion, on_step: OnStep | None, limit: int = 200
     ) -> dict[str, Any]:
         """Score few-shot, fine-tuned alone and fine-tuned + retrieved examples on the held-out
-        split; the scores are stored with the promotion."""
+        split (assistants/evaluation.py) and decide (assistants/gate.py); stored with the
+        promotion."""
         assert promotion.fine_tuned_model is not None
         assistant = await self._in_thread(self.assistants.by_id, promotion.assistant_id)
         # The held-out chats' own turns (their prompts are built here): no retrieval needed.
@@ -618,41 +615,19 @@ class Promotions:
         few_shot_model = ModelRef.parse(promotion.previous_model or assistant.model)
         tuned = ModelRef(promotion.provider, promotion.fine_tuned_model)
         settings = {
-            "few_shot": (few_shot_model, assistant.k),
-            "fine_tuned": (tuned, 0),
-            "fine_tuned_with_examples": (tuned, assistant.k),
+            "few_shot": Setting(few_shot_model, assistant.k),
+            "fine_tuned": Setting(tuned, 0),
+            "fine_tuned_with_examples": Setting(tuned, assistant.k),
         }
-        max_tokens = assistant.max_tokens or self.providers.settings.chat.reply_tokens
-        results: dict[str, Any] = {}
-        for label, (model, k) in settings.items():
-            exact = 0
-            f1 = 0.0
-            outcomes = []
-            for item in items:
-                # Built as serving builds it, leaving out what training left out (leave one out).
-                composed = await self._in_thread(
-                    self.chat.compose,
-                    assistant,
-                    item.history,
-                    item.question,
-                    k=k,
-                    exclude=item.exclude,
-                )
-                answer = await self._answer(model, composed.messages, max_tokens)
-                hit = normalise(answer) == normalise(item.target)
-                exact += hit
-                f1 += token_f1(answer, item.target)
-                outcomes.append(int(hit))
-            results[label] = {
-                "model": str(model),
-                "k": k,
-                "exact_match": exact / len(items),
-                "token_f1": f1 / len(items),
-                "outcomes": outcomes,
-            }
+        judge = (promotion.follower or {}).get("judge") or self.chat.settings.evaluation.judge
+        judge_ref = ModelRef.parse(judge) if judge else None
+
+        async def on_progress(message: str) -> None:
             if on_step:
-                await on_step(Step("evaluated", promotion, f"{label}: {exact}/{len(items)} exact"))
-        results["items"] = len(items)
+                await on_step(Step("evaluated", promotion, message))
+
+        evaluation = Evaluation(self.chat, self.providers, self.executor, assistant)
+        results = await evaluation.run(items, settings, judge_ref, on_progress)
         await self._in_thread(self._update, promotion.id, evaluation=results)
         return results
 
@@ -664,10 +639,11 @@ class Promotions:
         return self._switch(replace(promotion, status="succeeded"), actor, force)
 
     def switch(self, actor: Actor, name: str, force: bool = False) -> Promotion:
-        """Switch to the fine-tuned model if it is not worse than few-shot (or if forced).
+        """Switch to the fine-tuned model when the stored evaluation's decision says so (or if
+        forced).
 
-        It is served the way it scored best: with the assistant's retrieved examples (the
-        hybrid), or alone (k set to 0) when alone scored higher; rollback restores k too."""
+        It is served as the gate's candidate: with the assistant's retrieved examples (the
+        hybrid), or alone (k set to 0); rollback restores k too."""
         promotion = self.latest(actor, name)
         if promotion.status != "succeeded" or not promotion.fine_tuned_model:
             raise InvalidInput(f"The latest promotion of {name!r} has not succeeded.")
@@ -681,13 +657,19 @@ class Promotions:
                 f"Evaluate the promotion of {assistant.name!r} first, or use --force."
             )
 
-        def score(label: str) -> tuple[float, float]:
-            return (evaluation[label]["exact_match"], evaluation[label]["token_f1"])
-
-        alone_is_best = bool(evaluation) and score("fine_tuned") > score("fine_tuned_with_examples")
-        best = "fine_tuned" if alone_is_best else "fine_tuned_with_examples"
-        if not force and score(best) < score("few_shot"):
+        decision = evaluation.get("decision") or {}
+        if not force and not decision.get("switch"):
             return self._update(promotion.id, status=promotion.status, switched=0)
+        alone_is_best = decision.get("candidate") == "fine_tuned"
+        if decision.get("reason") and not decision.get("switch"):
+            # Forced: stored, so that status and the live message say what this switch did.
+            said = decision["reason"][0].lower() + decision["reason"][1:]
+            forced = {
+                **decision,
+                "forced": True,
+                "reason": f"Switched as forced, though the gate said: {said}",
+            }
+            self._update(promotion.id, evaluation={**evaluation, "decision": forced})
         assistant = self.assistants.set_fine_tuned_model(
             actor, assistant.name, f"{promotion.provider}:{promotion.fine_tuned_model}"
         )

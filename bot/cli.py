@@ -26,6 +26,7 @@ from assistants.assistant import DEFAULT_LAYOUT
 from assistants.demo import TWIN_NAME
 from assistants.promotion import Step
 from bot.demo_chat import side_by_side
+from bot.evaluation_report import report_lines
 from storage import Settings
 
 
@@ -731,6 +732,11 @@ def dataset_stats(
             typer.echo(f"{key:20} {value}")
     for key, value in data.stats["filters"].items():
         typer.echo(f"  filter {key:24} {value}")
+    if data.stats["held_out_chats"] < data.stats["held_out_floor"]:
+        typer.echo(
+            f"Fewer held-out chats than the floor of {data.stats['held_out_floor']}: the "
+            "evaluation cannot decide, so a promotion switches only with --force."
+        )
 
 
 def show_promotion(promotion) -> None:
@@ -740,12 +746,9 @@ def show_promotion(promotion) -> None:
     if promotion.error:
         typer.echo(f"error: {promotion.error}")
     if promotion.evaluation:
-        ev = promotion.evaluation
-        typer.echo(f"evaluation on {ev['items']} held-out chats (exact match, token F1):")
-        for label in ("few_shot", "fine_tuned", "fine_tuned_with_examples"):
-            r = ev[label]
+        for line in report_lines(promotion.evaluation):
             typer.echo(
-                f"  {label:26} {r['exact_match']:6.1%}  {r['token_f1']:.3f}  ({r['model']}, k={r['k']})"
+                line if line.startswith(("Evaluation", "primary", "decision")) else f"  {line}"
             )
     typer.echo(f"switched: {'yes' if promotion.switched else 'no'}")
 
@@ -772,7 +775,15 @@ async def show_step(step: Step) -> None:
 
 
 async def _promote(
-    core: Core, name: str, provider, base_model, wait: bool, force: bool, epochs, with_examples
+    core: Core,
+    name: str,
+    provider,
+    base_model,
+    wait: bool,
+    force: bool,
+    epochs,
+    with_examples,
+    judge: str | None,
 ):
     hyper = {"n_epochs": epochs} if epochs is not None else None
     try:
@@ -799,6 +810,7 @@ async def _promote(
             hyperparameters=hyper,
             force=force,
             with_examples=with_examples,
+            judge=judge,
         )
     finally:
         await core.providers.close()
@@ -809,10 +821,6 @@ async def _promote(
             f"The fine-tuning job ended {promotion.status}: {promotion.error or 'no reason given'}."
         )
     show_promotion(promotion)
-    if not promotion.switched:
-        typer.echo(
-            "The fine-tuned model scored lower than few-shot, so the assistant keeps its model (--force switches anyway)."
-        )
 
 
 async def _cancel(core: Core, name: str):
@@ -841,6 +849,13 @@ def promote(
     ] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: auto).")] = None,
     with_examples: WithExamplesOpt = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help='A judge model for the evaluation, "provider:model" (default: [evaluation] '
+            "judge; with --wait).",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune an assistant's own model (`fewtune promote status NAME` shows the latest,
     `fewtune promote cancel NAME` cancels the running one)."""
@@ -864,7 +879,9 @@ def promote(
             f"Unexpected argument {target!r}: `fewtune promote NAME`, `fewtune promote status NAME` "
             "or `fewtune promote cancel NAME`."
         )
-    run(_promote(core, name, provider, base_model, wait, force, epochs, with_examples))
+    if judge is not None and not wait:
+        fail("--judge is for the evaluation, which runs with --wait: add --wait.")
+    run(_promote(core, name, provider, base_model, wait, force, epochs, with_examples, judge))
 
 
 @app.command("rollback")

@@ -22,6 +22,11 @@ Example `fewtune.toml`:
 
     [promotion]
     train_with_examples = true         # training chats carry their retrieved examples, as served
+
+    [evaluation]                       # the gate a promotion passes before its switch
+    judge = "openai:gpt-4o-mini"       # optional: a judge model compares answers head to head
+    alpha = 0.05                       # the switch needs p below this (over both candidates)
+    min_held_out = 10                  # fewer held-out chats: the gate cannot decide
 """
 
 from __future__ import annotations
@@ -117,6 +122,45 @@ class PromotionSettings:
 
 
 @dataclass(frozen=True)
+class EvaluationSettings:
+    """The evaluation gate (assistants/gate.py): an optional judge ("provider:model"), the
+    significance level, and the held-out floor below which it cannot decide."""
+
+    judge: str = ""
+    alpha: float = 0.05
+    min_held_out: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.judge, str) or (self.judge and not judge_is_valid(self.judge)):
+            raise SettingsError(
+                f'fewtune.toml: evaluation.judge must be "provider:model", not {self.judge!r}.'
+            )
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
+            raise SettingsError(
+                f"fewtune.toml: evaluation.alpha must be a number, not {self.alpha!r}."
+            )
+        if not 0 < self.alpha < 1:
+            raise SettingsError(
+                f"fewtune.toml: evaluation.alpha must be between 0 and 1, not {self.alpha!r}."
+            )
+        if (
+            isinstance(self.min_held_out, bool)
+            or not isinstance(self.min_held_out, int)
+            or self.min_held_out < 1
+        ):
+            raise SettingsError(
+                "fewtune.toml: evaluation.min_held_out must be a whole number of at least 1, "
+                f"not {self.min_held_out!r}."
+            )
+
+
+def judge_is_valid(text: str) -> bool:
+    """Whether `text` reads "provider:model" with both parts."""
+    provider, _, model = text.partition(":")
+    return bool(provider.strip() and model.strip())
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
@@ -124,6 +168,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
     @property
     def db_path(self) -> Path:
@@ -214,4 +259,5 @@ def load_settings(home: str | Path | None = None) -> Settings:
         index=_build(IndexSettings, index_values, "index"),
         chat=_build(ChatSettings, _section(data, "chat"), "chat"),
         promotion=_build(PromotionSettings, _section(data, "promotion"), "promotion"),
+        evaluation=_build(EvaluationSettings, _section(data, "evaluation"), "evaluation"),
     )

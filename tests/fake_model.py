@@ -1,8 +1,10 @@
 """The one scripted model for tests and benchmarks: a real OpenAI-compatible HTTP server on
 127.0.0.1 (after simonw/llm's `MockModel`). A test queues what the next requests get with
-`enqueue` and reads what was sent in `history`; with nothing queued it answers `reply`, or
-"echo: <the last user message>". Chat completions stream as server-sent events, one word per
-chunk, or come whole; both carry usage.
+`enqueue` and reads what was sent in `history`; with nothing queued it answers what
+`respond(body)` says, or `reply`, or "echo: <the last user message>". It is a chat-only API,
+like a hosted one: any other path (`/v1/completions`, fewtune's `/v1/apply-template`) gets 404,
+recorded in `others`. Chat completions stream as server-sent events, one word per chunk, or
+come whole; both carry usage.
 
 It serves from threads of its own (the stdlib's ThreadingHTTPServer), so sync tests, async
 tests and the CLI's own event loop all talk to it the same way. `python tests/fake_model.py
@@ -17,6 +19,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +39,19 @@ class Scripted:
 class FakeModel:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that answers what it was told."""
 
-    def __init__(self, delay: float = 0.0, chunk_delay: float = 0.0, reply: str | None = None):
+    def __init__(
+        self,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        reply: str | None = None,
+        respond: Callable[[dict[str, Any]], str] | None = None,
+    ):
         self.delay = delay  # seconds before every answer
         self.chunk_delay = chunk_delay  # seconds between streamed chunks
         self.reply = reply  # the answer when nothing is queued (default: the echo)
-        self.history: list[dict[str, Any]] = []  # every request body, in order
+        self.respond = respond  # or the answer as a function of the request's body
+        self.history: list[dict[str, Any]] = []  # every chat request's body, in order
+        self.others: list[str] = []  # the paths of other requests (answered 404)
         self._queue: deque[Scripted] = deque()
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -95,7 +106,9 @@ class FakeModel:
             self.history.append(body)
             if self._queue:
                 return self._queue.popleft()
-        if self.reply is not None:
+        if self.respond is not None:
+            text = self.respond(body)
+        elif self.reply is not None:
             text = self.reply
         else:
             user = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
@@ -109,6 +122,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (the http.server API)
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            with self.model._lock:
+                self.model.others.append(self.path)
+            self._json(404, {"error": {"message": f"No route {self.path}.", "type": "fake"}})
+            return
         scripted = self.model._next(body)
         if scripted.hold is not None:
             scripted.hold.wait()

@@ -168,7 +168,7 @@ def test_promote_wait_evaluates_switches_downloads_and_rolls_back(local_core, cl
         local_core.examples.add(TERMINAL, "helper", f"number {i} please", str(i))
     result = cli("promote", "helper", "--wait", "--force", "--epochs", "1")
     assert result.exit_code == 0, result.output
-    assert "evaluation on" in result.stdout and "few_shot" in result.stdout
+    assert "Evaluation on" in result.stdout and "few-shot" in result.stdout
     assert "switched: yes" in result.stdout  # --force switches whatever the scores
     assistant = local_core.assistants.get(TERMINAL, "helper")
     assert assistant.fine_tuned_model and assistant.fine_tuned_model.startswith("local:ft:tiny:")

@@ -1,7 +1,7 @@
 """/assistant promote end to end: the real bot on the loopback Discord, the real Core, and the
 real `fewtune serve` app with a tiny Llama that trains a LoRA adapter for a few steps in its job
-worker. One progress message is edited as the job runs and ends with the evaluation and the loss
-curve; then /assistant status and /assistant rollback."""
+worker. One progress message is edited as the job runs and ends with the evaluation, the loss
+curve and the scores chart; then /assistant status and /assistant rollback."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(w
     assert (
         "Evaluation on" in content and "few-shot" in content and "fine-tuned + examples" in content
     )
-    assert [a.filename for a in progress.attachments] == ["loss.png"]
-    assert progress.attachments[0].data.startswith(PNG)
+    assert [a.filename for a in progress.attachments] == ["loss.png", "scores.png"]
+    assert all(a.data.startswith(PNG) for a in progress.attachments)
     # Still the one message, edited as the job ran: steps and losses, at most about once a second.
     assert len(progress_messages()) == 1
     assert any("step" in e.content and "training loss" in e.content for e in progress.edits)
@@ -93,6 +93,12 @@ async def test_promote_follows_the_job_in_one_message_then_status_and_rollback(w
 
     promotion = w.core.promotions.latest(owner, "numbers")
     assert promotion.status == "succeeded" and promotion.evaluation is not None
+    # A fewtune server scores: the likelihood of the owner's answers is the primary metric.
+    ev = promotion.evaluation
+    assert all(ev[s]["log_prob"] is not None for s in ("few_shot", "fine_tuned"))
+    assert ev["primary"] == "log_prob" and "log-prob/token" in content
+    # The live message says what is stored: the decision, in its one sentence.
+    assert f"decision: {promotion.evaluation['decision']['reason']}" in content
     status = await run(
         w, "assistant", "status", user=w.alice, channel=w.channel, options={"name": "numbers"}
     )
@@ -140,7 +146,7 @@ async def test_a_restarted_bot_goes_on_following_the_promotion_to_its_end(world:
         )
         assert "is fine-tuned" in progress.content, progress.content
         assert "Evaluation on" in progress.content
-        assert [a.filename for a in progress.attachments] == ["loss.png"]
+        assert [a.filename for a in progress.attachments] == ["loss.png", "scores.png"]
         assert [m for m in w.fake.bot_messages(w.channel) if not m.ephemeral] == [progress]
         await w.fake.wait_until(lambda: not followed(), 10, "the promotion to be seen through")
         promotion = w.core.promotions.latest(owner, "numbers")

@@ -239,11 +239,23 @@ async def test_the_evaluation_builds_held_out_prompts_as_served_and_leaves_one_o
                 )
             ((promotion, _),) = await core.promotions.to_resume("test")
             assert promotion.id == promotion_id
-            ended = await core.promotions.resume(promotion)
+            # The job is done (no job to follow on a chat-only fake): evaluate, then decide.
+            await core.promotions._evaluate(promotion, None)
+            ended = core.promotions._decide(promotion_id, OWNER, False)
             await core.providers.close()
         finally:
             core.close()
     assert ended.evaluation["items"] == len(data.held_out_items)
+    # A chat-only provider cannot score: the likelihood is skipped, in one sentence.
+    assert ended.evaluation["few_shot"]["log_prob"] is None
+    assert ended.evaluation["notes"] == [
+        "The provider 'fake' cannot score answers (HTTP 404 on apply-template or completions "
+        "with logprobs), so the likelihood was skipped."
+    ]
+    assert model.others == ["/v1/apply-template"]  # asked once, not for every item
+    assert (
+        not ended.switched and "Not enough evidence yet" in ended.evaluation["decision"]["reason"]
+    )
     held_out = {item.question for item in data.held_out_items}
     sent = [(body["model"], body["messages"]) for body in model.history]
     assert len(sent) == 3 * len(data.held_out_items)

@@ -61,8 +61,8 @@ class ThrottledMessage:
         if self._later is not None:
             self._later.cancel()
 
-    async def finish(self, text: str, file: discord.File | None = None) -> None:
-        """The last edit (with an optional attachment, and no buttons: nothing is left to
+    async def finish(self, text: str, files: list[discord.File] | None = None) -> None:
+        """The last edit (with its attachments, if any, and no buttons: nothing is left to
         cancel), still no sooner than the interval."""
         if self._later is not None:
             self._later.cancel()
@@ -72,4 +72,4 @@ class ThrottledMessage:
         if wait > 0:
             await asyncio.sleep(wait)
         self._pending = text
-        await self._edit(attachments=[file] if file else [], view=None)
+        await self._edit(attachments=files or [], view=None)

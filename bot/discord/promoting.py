@@ -1,7 +1,9 @@
 """/assistant promote in Discord: the dataset's figures and a confirm button, then ONE message
 that shows the job's progress (status, step, loss; edited at most about once a second) and ends
-with the evaluation and a loss-curve image. The job is followed by a background task of the bot,
-so the interaction is answered at once and the bot goes on serving everyone else meanwhile.
+with the evaluation (scores with 95% intervals, p-values, the decision in one sentence) and two
+images: the loss curve and the evaluation's scores. The job is followed by a background task of
+the bot, so the interaction is answered at once and the bot goes on serving everyone else
+meanwhile.
 
 The progress message has a Cancel button. Every decision is the core's (`core.promotions.promote`
 runs start, follow, evaluate and switch; `resume` goes on after a restart; `cancel`); this module
@@ -26,17 +28,14 @@ from bot.discord.actors import actor_of
 from bot.discord.loss_chart import loss_curve_png
 from bot.discord.progress import ThrottledMessage
 from bot.discord.replies import NO_MENTIONS, UNEXPECTED, say
+from bot.discord.score_chart import scores_png
+from bot.evaluation_report import report_lines
 
 if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
 
 log = logging.getLogger("fewtune.discord")
 FRONTEND = "discord"  # how this frontend names itself in a promotion's follower
-SETTINGS = (
-    ("few_shot", "few-shot (as it is)"),
-    ("fine_tuned", "fine-tuned alone"),
-    ("fine_tuned_with_examples", "fine-tuned + examples"),
-)
 
 
 def dataset_figures(assistant: Assistant, stats: dict[str, Any]) -> str:
@@ -46,7 +45,8 @@ def dataset_figures(assistant: Assistant, stats: dict[str, Any]) -> str:
         f"- {stats.get('train_chats', 0)} training chats, {stats.get('train_tokens', 0):,} tokens "
         f"({stats.get('examples', 0)} from examples, {stats.get('conversations', 0)} from "
         "conversations)",
-        f"- {stats.get('held_out_chats', 0)} held-out chats for the evaluation",
+        f"- {stats.get('held_out_chats', 0)} held-out chats for the evaluation (it decides "
+        f"from {stats.get('held_out_floor', 0)} on; below that only force switches)",
     ]
     if stats.get("chats_with_examples"):
         lines.append(
@@ -59,18 +59,16 @@ def dataset_figures(assistant: Assistant, stats: dict[str, Any]) -> str:
             "- filtered: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in removed.items())
         )
     lines.append(
-        f"Base model: `{assistant.model}`. It switches only if the fine-tuned model is not worse."
+        f"Base model: `{assistant.model}`. It switches only if the fine-tuned model is "
+        "significantly better than few-shot on the held-out chats."
     )
     return "\n".join(lines)
 
 
 def evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
-    lines = [f"Evaluation on {evaluation.get('items', 0)} held-out chats (exact match · token F1):"]
-    for key, label in SETTINGS:
-        if key in evaluation:
-            r = evaluation[key]
-            lines.append(f"- {label}: {r['exact_match']:.0%} · {r['token_f1']:.2f}")
-    return lines
+    """The stored evaluation as `fewtune promote status` shows it, as a Discord list."""
+    lines = report_lines(evaluation)
+    return lines[:1] + [f"- {line}" for line in lines[1:]]
 
 
 def promotion_summary(name: str, promotion: Promotion) -> str:
@@ -277,10 +275,15 @@ class Promoter:
             reason = ended.error or "no reason given"
             await shown.finish(f"**{name}**: the fine-tuning job ended {ended.status}: {reason}")
             return
-        # Drawn on the loop: once per promotion, tens of milliseconds.
+        # Drawn on the loop: once per promotion, tens of milliseconds each.
+        files = []
         png = loss_curve_png(progress.history, f"{name}: loss")
-        file = discord.File(io.BytesIO(png), filename="loss.png") if png else None
-        await shown.finish(self._final(name, ended), file)
+        if png:
+            files.append(discord.File(io.BytesIO(png), filename="loss.png"))
+        png = scores_png(ended.evaluation or {}, f"{name}: evaluation")
+        if png:
+            files.append(discord.File(io.BytesIO(png), filename="scores.png"))
+        await shown.finish(self._final(name, ended), files)
 
     @staticmethod
     def _final(name: str, promotion: Promotion) -> str:
@@ -292,10 +295,7 @@ class Promoter:
                 f"(`/assistant rollback {name}` returns to the previous one)."
             )
         else:
-            lines.append(
-                "The fine-tuned model scored lower than few-shot, so the assistant keeps "
-                "its model (promote with force to switch anyway)."
-            )
+            lines.append(f"**{name}** keeps its model (promote with force to switch anyway).")
         return "\n".join(lines)
 
     async def close(self) -> None:
