@@ -111,7 +111,9 @@ def server_starts(home: Path) -> int:
     return log.read_text(encoding="utf-8").count("--- starting") if log.exists() else 0
 
 
-async def test_the_bot_starts_the_local_server_without_any_chat(fewtune_home, embedder, model, tiny):
+async def test_the_bot_starts_the_local_server_without_any_chat(
+    fewtune_home, embedder, model, tiny
+):
     write_settings(fewtune_home, model, str(tiny))
     async with started_bot(fewtune_home, embedder, model="local:tiny") as started:
         providers = started.core.providers
@@ -186,6 +188,8 @@ async def test_a_server_that_cannot_start_leaves_the_bot_answering_in_one_senten
         assert "\n" not in said and "Traceback" not in said, said
         assert not started.bot.is_closed()
         # The bot goes on serving: another command is answered.
-        listed = await started.fake.slash("assistant", "list", user=started.user, channel=started.channel)
+        listed = await started.fake.slash(
+            "assistant", "list", user=started.user, channel=started.channel
+        )
         await started.fake.answered(listed)
         assert "helper" in listed.text()
