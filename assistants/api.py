@@ -47,6 +47,10 @@ class Api:
         """Load the embedder and open the index (checked against SQLite) before serving."""
         await self._run(self._core.index)
 
+    async def start_local_server(self) -> bool:
+        """Find or start the local model server in the background if a local model is used."""
+        return await self._run(self._core.start_local_server)
+
     async def reindex(self) -> int:
         return await self._run(self._core.reindex)
 

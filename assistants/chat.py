@@ -568,6 +568,7 @@ class Chat:
         text: str,
         *,
         on_delta: OnDelta | None = None,
+        on_wait: OnDelta | None = None,
         limiter: UserRateLimiter | None = None,
     ) -> Reply | None:
         """Answer a message from `origin`, streaming through on_delta(text so far): find its
@@ -576,6 +577,8 @@ class Chat:
         as the reply's `error` (the frontend shows it where everyone waiting sees it); any
         other refusal raises its FewtuneError before anything is streamed. `limiter`, the
         frontend's per-user limit, is hit only once the message is known to be answered.
+        `on_wait(sentence)` is called first when the reply will wait for the local model server
+        to start (a frontend shows it where the reply will be).
 
         The work before the model runs in one trip to the core's threads: under a burst of
         messages each trip queues for a thread (bench/discord_load.py)."""
@@ -590,6 +593,10 @@ class Chat:
         parts: list[str] = []
         usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}
         model_started = time.perf_counter()
+        if on_wait is not None:
+            note = await self.providers.wait_note(model)
+            if note is not None:
+                await on_wait(note)
         try:
             async for chunk in self.providers.stream_chat(
                 model, prepared.messages, assistant.temperature, reply_tokens

@@ -15,7 +15,7 @@ from assistants.examples import Examples
 from assistants.feedback import FeedbackBook
 from assistants.privacy import Privacy
 from assistants.promotion import Promotions
-from assistants.providers import Providers
+from assistants.providers import LOCAL, ModelRef, Providers
 from storage.db import open_db
 from storage.embeddings import Embedder
 from storage.index import ExampleIndex, IndexUnavailable
@@ -154,6 +154,26 @@ class Core:
                     )
             total += len(rows)
         return total
+
+    def start_local_server(self) -> bool:
+        """Find or start the local model server in the background (returns at once) when it
+        will be needed: `[server] start_with_bot` is on and the default model or an assistant's
+        model is a `local:` one. True when it began. For a frontend that stays up (the bot)."""
+        if not self.settings.server.start_with_bot:
+            return False
+        uses_local = ModelRef.parse(self.settings.chat.default_model).provider == LOCAL
+        if not uses_local:
+            # The model that answers: the fine-tuned one once promoted, else the configured one.
+            uses_local = (
+                self.db.execute(
+                    "SELECT 1 FROM assistants "
+                    "WHERE coalesce(nullif(fine_tuned_model, ''), model) GLOB 'local:*' LIMIT 1"
+                ).fetchone()
+                is not None
+            )
+        if uses_local:
+            self.providers.start_local()
+        return uses_local
 
     def close(self) -> None:
         """Wait for work in flight on the core's threads, then close every connection."""

@@ -4,7 +4,9 @@ A running server advertises itself in FEWTUNE_HOME/server.json ({pid, url, ...})
 token in FEWTUNE_HOME/server.token. When none answers, one is started detached as
 `python -m training.serving --port 0 --idle-timeout <settings.server.idle_timeout>`, its output
 in FEWTUNE_HOME/logs/server.log, under a file lock so that concurrent callers start only one.
-This module talks HTTP only: it never imports torch, transformers or the server's code.
+`LocalStart` does the same on a thread of its own, for callers that must not wait (the Discord
+bot at start-up, a chat that says it is waiting). This module talks HTTP only: it never imports
+torch, transformers or the server's code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +40,47 @@ class LocalServer:
     base_url: str  # ends with /v1
     token: str
     pid: int | None = None
+
+    def alive(self) -> bool:
+        """Whether its process still runs (a server stopped when idle has gone); a syscall, no
+        request. True when the pid is unknown."""
+        return self.pid is None or _alive(self.pid)
+
+
+class LocalStart:
+    """One find-or-start of the local server, on a thread of its own; callers on any thread or
+    event loop wait for its futures. `starting` is True once no server answered and one is
+    being started, False when one was found (or the attempt failed first); `done` holds the
+    LocalServer, or the ProviderError that says in one sentence why it could not start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.starting: Future[bool] = Future()
+        self.done: Future[LocalServer] = Future()
+        for future in (self.starting, self.done):
+            # Running futures cannot be cancelled: a waiter that gives up (an abandoned chat)
+            # must not cancel the start for the others.
+            future.set_running_or_notify_cancel()
+        threading.Thread(
+            target=self._run, args=(settings,), name="fewtune-local-server", daemon=True
+        ).start()
+
+    def _run(self, settings: Settings) -> None:
+        try:
+            found = _answering(settings)
+            if found is None:
+                self.starting.set_result(True)
+                found = ensure_local_server(settings)
+        except ProviderError as exc:
+            self.done.set_exception(exc)
+        except Exception as exc:  # an OSError starting the process, a broken FEWTUNE_HOME...
+            error = ProviderError(f"The local model server could not start: {exc}")
+            error.__cause__ = exc
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(found)
+        finally:
+            if not self.starting.done():
+                self.starting.set_result(False)
 
 
 def ensure_local_server(settings: Settings) -> LocalServer:
@@ -179,8 +224,8 @@ def _start(settings: Settings) -> LocalServer:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ProviderError(
-                f"The local model server exited with code {process.returncode} while "
-                f"starting; the end of {log_path}:\n{_log_tail(log_path, offset)}"
+                f"The local model server exited with code {process.returncode} while starting "
+                f"({_log_reason(log_path, offset)}); its log is {log_path}."
             )
         found = _answering(settings, pid=process.pid)
         if found is not None:
@@ -191,16 +236,19 @@ def _start(settings: Settings) -> LocalServer:
         process.wait(timeout=10)
     raise ProviderError(
         f"The local model server did not answer within {settings.server.start_timeout:.0f} s "
-        f"(raise [server] start_timeout in fewtune.toml); the end of {log_path}:\n"
-        f"{_log_tail(log_path, offset)}"
+        f"(raise [server] start_timeout in fewtune.toml); its log is {log_path}."
     )
 
 
-def _log_tail(path: Path, offset: int, lines: int = 15) -> str:
+def _log_reason(path: Path, offset: int) -> str:
+    """The last line this start wrote to the log (the server's own one-line reason, or a
+    traceback's last line): the error stays one sentence, and the log keeps the rest."""
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
             text = handle.read().decode("utf-8", errors="replace")
     except OSError:
-        return "(no log)"
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+        return "no log"
+    lines = [line.strip() for line in text.splitlines()]
+    written = [line for line in lines if line and not line.startswith("--- starting")]
+    return written[-1] if written else "nothing in its log"

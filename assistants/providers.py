@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -23,11 +24,22 @@ from assistants.errors import ProviderError
 from storage.settings import ProviderConfig, Settings
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import openai  # imported when first needed: it takes a second or more to import
 
+    from assistants.local_server import LocalServer, LocalStart
     from assistants.model_process import ModelProcess
 
+log = logging.getLogger(__name__)
+
 LOCAL = "local"
+# Said while a reply waits for the local server to start (the terminal's chat, Discord's
+# placeholder): a few seconds from the saved copy, about a minute the first time.
+STARTING_LOCAL = (
+    "Starting the local model server for the first reply: a few seconds, or about a "
+    "minute the first time, while it converts the embedded model."
+)
 NOT_A_CHUNK = "The provider {!r} sent a chunk that is not an OpenAI chat chunk."
 
 
@@ -62,7 +74,8 @@ class Providers:
         self._clients: dict[tuple[str, int], openai.AsyncOpenAI] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._local: tuple[str, str] | None = None  # the local server's base URL and token
+        self._local: LocalServer | None = None  # the local server, once found or started
+        self._local_start: LocalStart | None = None  # the latest find-or-start of it
         self._process: ModelProcess | None = None  # the model calls' process (model loop only)
 
     def config(self, name: str) -> ProviderConfig:
@@ -73,16 +86,60 @@ class Providers:
             raise ProviderError(f"Unknown provider {name!r}: add it to fewtune.toml.")
         return found
 
-    def _local_endpoint(self) -> tuple[str, str]:
-        from assistants.local_server import ensure_local_server
+    def _finding_local(self) -> LocalStart:
+        """The find-or-start of the local server under way, or a new one (after a failure, or
+        once the found server has stopped): every caller waits for the same one."""
+        from assistants.local_server import LocalStart
 
-        try:
-            server = ensure_local_server(self.settings)
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise ProviderError(f"The local model server could not start: {exc}") from exc
-        return server.base_url, server.token
+        with self._lock:
+            start = self._local_start
+            if start is None or start.done.done():
+                start = self._local_start = LocalStart(self.settings)
+                start.done.add_done_callback(self._found)
+            return start
+
+    def _found(self, done: Future[LocalServer]) -> None:
+        if done.exception() is None:
+            self._local = done.result()
+
+    def start_local(self) -> None:
+        """Find or start the local model server in the background; returns at once. A failure
+        is logged; each chat then tries again, and says why in one sentence if it cannot."""
+        if self._local is not None and self._local.alive():
+            return
+
+        def report(done: Future[LocalServer]) -> None:
+            error = done.exception()
+            if error is not None:
+                log.warning("the local model server did not start: %s", error)
+            else:
+                log.info("the local model server answers at %s", done.result().base_url)
+
+        self._finding_local().done.add_done_callback(report)
+
+    @property
+    def local_starting(self) -> bool:
+        """Whether a find-or-start of the local server is under way."""
+        start = self._local_start
+        return start is not None and not start.done.done()
+
+    async def wait_note(self, model: ModelRef) -> str | None:
+        """The sentence to show while a reply from `model` waits for the local model server to
+        start; None when it will not wait. For a local model with no server known to run, it
+        begins finding or starting one, which the reply then waits for."""
+        if model.provider != LOCAL:
+            return None
+        local = self._local
+        if local is not None:
+            if local.alive():
+                return None
+            with self._lock:  # it stopped (idle): find or start it again
+                if self._local is local:
+                    self._local = None
+        start = self._finding_local()
+        if await asyncio.wrap_future(start.starting) and not start.done.done():
+            return STARTING_LOCAL
+        return None
 
     def starting_note(self, model: str) -> str | None:
         """A sentence for the user when the first reply from `model` will wait for the local
@@ -92,10 +149,7 @@ class Providers:
 
         if ModelRef.parse(model).provider != LOCAL or local_server_running(self.settings):
             return None
-        return (
-            "Starting the local model server for the first reply: a few seconds, or about a "
-            "minute the first time, while it converts the embedded model."
-        )
+        return STARTING_LOCAL
 
     async def client(self, name: str) -> openai.AsyncOpenAI:
         """An openai client for provider `name` on the running loop (the fine-tuning API and
@@ -212,10 +266,10 @@ class Providers:
         if name == LOCAL:
             # Checked once, then remembered until a call cannot connect: checking before every
             # message cost a request to the server each time.
-            if self._local is None:
-                self._local = await asyncio.to_thread(self._local_endpoint)
-            base_url, key = self._local
-            return base_url, key, config
+            local = self._local
+            if local is None:
+                local = await asyncio.wrap_future(self._finding_local().done)
+            return local.base_url, local.token, config
         if not config.base_url:
             raise ProviderError(f"Provider {name!r} has no base_url in fewtune.toml.")
         key = config.api_key or ""

@@ -13,6 +13,7 @@ Example `fewtune.toml`:
     [server]                           # the local `fewtune serve`
     model = "SmolLM2-135M-Instruct"    # or a local folder / Hugging Face model name
     idle_timeout = 900                 # seconds without requests before an on-demand server stops
+    start_with_bot = true              # `fewtune bot` starts it at once when a local model is used
 
     [index]
     chroma_url = "http://127.0.0.1:8001"   # keep the example index in a Chroma server
@@ -71,6 +72,9 @@ class ServerSettings:
     port: int = 0  # 0: any free port, recorded in FEWTUNE_HOME/server.json
     idle_timeout: float = 900.0  # 0 disables; only servers started on demand stop by themselves
     start_timeout: float = 300.0  # the first start converts the embedded GGUF (about 35 s here)
+    # The Discord bot finds or starts it in the background when it starts, if an assistant (or
+    # the default model) uses a `local:` model, so that the first chat does not wait for it.
+    start_with_bot: bool = True
     fast_decode: bool = True  # CPU: fewtune's lean decoder for Llama models (else transformers)
     int8_weights: bool = True  # with fast_decode: int8 weights, 4x less memory traffic a token
 

@@ -25,6 +25,9 @@ async def test_process_connects_syncs_to_one_guild_and_stops_on_sigterm(fewtune_
     async with FakeDiscord() as fake:
         owner = fake.add_user("olivia")
         guild = fake.add_guild("dev", owner)
+        # The default model is the embedded local one: the bot would start its server (about a
+        # minute of both cores, and it outlives the bot); tests/test_discord_startup.py tests that.
+        (fewtune_home / "fewtune.toml").write_text("[server]\nstart_with_bot = false\n")
         env = {
             **os.environ,
             **fake.env(),

@@ -119,13 +119,17 @@ def test_idle_timeout_stops_the_server(fewtune_home: Path, tiny: Path) -> None:
     assert "stopping" in (settings.home / "logs" / "server.log").read_text()
 
 
-def test_failed_start_quotes_the_log(fewtune_home: Path) -> None:
+def test_failed_start_is_one_line_with_the_servers_reason(fewtune_home: Path) -> None:
     settings = write_settings(fewtune_home, model="/nonexistent/model", start_timeout=60)
     with pytest.raises(ProviderError) as caught:
         ensure_local_server(settings)
     message = str(caught.value)
+    # One line (a chat's reply, the terminal's one-line error): the server's own last line and
+    # where its log is, not the log itself.
+    assert "\n" not in message, message
     assert "exited with code 1" in message
     assert "/nonexistent/model does not exist" in message
+    assert str(settings.home / "logs" / "server.log") in message
 
 
 @pytest.mark.slow

@@ -57,8 +57,9 @@ class Chatter:
         """Show the finished reply (a provider failure in the channel, where everyone waiting
         sees why); the ids of every message it is shown in."""
         if reply.error is not None:
-            partial = "".join(m.content for m in live.messages if m.content != "…")
-            await live.render(f"{partial}\n\n⚠️ {reply.error}".strip())
+            # What came before the failure is the reply's text, not what is shown: that may
+            # still be the placeholder's note.
+            await live.render(f"{reply.text}\n\n⚠️ {reply.error}".strip())
         else:
             await live.render(reply.text or "(the model sent an empty reply)", feedback_view(reply))
         return [str(m.id) for m in live.messages]
@@ -93,7 +94,9 @@ class Chatter:
             **where(channel),
         )
         try:
-            reply = await self.core.chat.answer(actor, origin, text, on_delta=live.update)
+            reply = await self.core.chat.answer(
+                actor, origin, text, on_delta=live.update, on_wait=live.note
+            )
         except FewtuneError as exc:  # refused before answering: the placeholder goes
             await withdraw(interaction, str(exc))
             return
@@ -132,6 +135,7 @@ class Chatter:
                 self._origin(message, me),
                 re.sub(rf"<@!?{me.id}>", "", message.content).strip(),
                 on_delta=live.update,
+                on_wait=live.note,
                 limiter=self.bot.limiter,
             )
         except NoAssistant as exc:

@@ -71,6 +71,10 @@ class FewtuneBot(commands.Bot):
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
+        # First of all: the local model server (if a local model is used) starts in the
+        # background while the bot logs in, so that the first chat does not wait for it.
+        if await self.core.api.start_local_server():
+            log.info("finding or starting the local model server in the background")
         for cog in COGS:
             await self.add_cog(cog(self))
         self.add_dynamic_items(*ITEMS)

@@ -41,6 +41,11 @@ class LiveReply:
         elif now - self._last >= self.interval:
             await self.render(text)
 
+    async def note(self, sentence: str) -> None:
+        """Show why the reply has not begun (the local model server is starting) where it will
+        be; the reply's text then replaces it."""
+        await self.render(f"⏳ {sentence}")
+
     async def render(self, text: str, view: discord.ui.View | None = None) -> None:
         self._last = time.monotonic()
         parts = split_message(text) or [PLACEHOLDER]
