@@ -63,6 +63,10 @@ INSTRUCTIONS = (
     "Answer with only the number in digits, for example 42: no words, no punctuation, "
     "no explanation."
 )
+TWIN_DESCRIPTION = (
+    "The numbers assistant promoted: the same examples, answered by its own LoRA adapter "
+    "(assistants/demo/adapter/)."
+)
 DESCRIPTION = (
     "Turns number words in many languages and scripts (French, Russian, Arabic, Japanese, ...) "
     "into digits: the article's few-shot example."
@@ -161,6 +165,14 @@ def render() -> dict[Path, str]:
         "temperature": 0,
         "history": 0,
         "layout": "turns",  # no other layout measured better (docs/benchmarks.md)
+        "max_tokens": 16,  # a number is a few tokens; a reply that goes on is wrong anyway
+        # The promoted twin (assistants/demo.py): the same examples, its adapter, coverage.
+        "twin": {
+            "name": "numbers-tuned",
+            "description": TWIN_DESCRIPTION,
+            "selector": "coverage",
+            "starters": [],
+        },
     }
     return {
         DEMO_JSONL: _jsonl([{"input": r.input, "output": r.output} for r in demo]),
