@@ -4,7 +4,6 @@ is a 4xx in OpenAI's error shape, never a 500, and a requested model is a name, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,7 +95,7 @@ def test_lone_surrogates_and_huge_seeds_are_400(http) -> None:
     body = '{"model": "tiny-llama", "messages": [{"role": "user", "content": "\\ud800"}]}'
     assert "surrogate" in error_of(raw_post(http, "/chat/completions", body), 400)["message"]
     parts = '[{"type": "text", "text": "a\\udfff"}]'
-    body = '{"model": "tiny-llama", "messages": [{"role": "user", "content": %s}]}' % parts
+    body = '{"model": "tiny-llama", "messages": [{"role": "user", "content": ' + parts + "}]}"
     error_of(raw_post(http, "/chat/completions", body), 400)
     body = '{"model": "tiny-llama", "prompt": ["ok", "\\ud800"], "max_tokens": 1}'
     error_of(raw_post(http, "/completions", body), 400)
@@ -131,7 +130,9 @@ def test_an_unreadable_upload_line_is_refused_and_not_stored(client, http, kind:
     response = http.post(
         "/files", files={"file": ("bad.jsonl", data)}, data={"purpose": "fine-tune"}
     )
-    assert error_of(response, 400)["message"].startswith("Invalid file format for fine-tuning: Line 2")
+    assert error_of(response, 400)["message"].startswith(
+        "Invalid file format for fine-tuning: Line 2"
+    )
     assert client.files.list().data == before
 
 
@@ -139,10 +140,9 @@ def test_an_unreadable_upload_line_is_refused_and_not_stored(client, http, kind:
 def test_non_finite_hyperparameters_are_400(client, http, value: str) -> None:
     uploaded = client.files.create(file=("t.jsonl", GOOD_LINE.encode()), purpose="fine-tune")
     for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
-        body = (
-            '{"model": "tiny-llama", "training_file": "%s", "hyperparameters": {"%s": %s}}'
-            % (uploaded.id, name, value)
-        )
+        hyper = '{"' + name + '": ' + value + "}"
+        body = json.dumps({"model": "tiny-llama", "training_file": uploaded.id})
+        body = body[:-1] + ', "hyperparameters": ' + hyper + "}"
         error = error_of(raw_post(http, "/fine_tuning/jobs", body), 400)
         assert name in error["message"]
     assert client.fine_tuning.jobs.list().data == []

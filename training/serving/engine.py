@@ -164,9 +164,7 @@ class ChatEngine:
             return model
         served = ", ".join(self.model_ids())
         shown = model if len(model) <= 80 else model[:77] + "..."
-        raise UnknownModelError(
-            f"The model {shown!r} does not exist; served models: {served}."
-        )
+        raise UnknownModelError(f"The model {shown!r} does not exist; served models: {served}.")
 
     @property
     def loaded(self) -> bool:

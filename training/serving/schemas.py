@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from training.serving.engine import ChatResult, Sampling, Usage
 
 MAX_PROMPTS = 256  # prompts in one /v1/completions request
-SEED_RANGE = {"ge": -(2**63), "le": 2**63 - 1}  # a 64-bit integer, as OpenAI documents it
+SEED_LOW, SEED_HIGH = -(2**63), 2**63 - 1  # a 64-bit integer, as OpenAI documents it
 
 
 def check_text(value: str) -> str:
@@ -24,7 +24,9 @@ def check_text(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("holds a lone surrogate escape (such as \\ud800), which is not text")
+        raise ValueError(
+            "holds a lone surrogate escape (such as \\ud800), which is not text"
+        ) from None
     return value
 
 
@@ -88,7 +90,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: Text | list[Text] | None = None
-    seed: int | None = Field(default=None, **SEED_RANGE)
+    seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -198,7 +200,7 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: Text | list[Text] | None = None
-    seed: int | None = Field(default=None, **SEED_RANGE)
+    seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
     n: int = 1
     best_of: int | None = None
     suffix: str | None = None
