@@ -77,6 +77,7 @@ class ServerSettings:
     start_with_bot: bool = True
     fast_decode: bool = True  # CPU: fewtune's lean decoder for Llama models (else transformers)
     int8_weights: bool = True  # with fast_decode: int8 weights, 4x less memory traffic a token
+    max_tokens_limit: int = 4096  # a request asking for more tokens an answer is refused (400)
 
 
 @dataclass(frozen=True)

@@ -348,7 +348,7 @@ LONG = [1] * 1100  # the tiny model reads 1,024 tokens
         ({"prompt": LONG, "echo": True, "max_tokens": 0}, 400, "1024"),
         ({"prompt": [1] * 1024, "max_tokens": 1}, 400, "room for one more"),
         ({"temperature": 3}, 400, "temperature"),
-        ({"model": "ft:nobody:x"}, 404, "not served"),
+        ({"model": "ft:nobody:x"}, 404, "does not exist"),
     ],
 )
 def test_bad_completion_requests_get_one_sentence(

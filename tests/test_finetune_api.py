@@ -285,7 +285,6 @@ def test_hyperparameters_auto_and_numbers_in_both_forms(
             },
             "given twice",
         ),
-        ({"model": "gpt-4o-mini"}, "cannot be fine-tuned here"),
         ({"training_file": "file-" + "a" * 24}, "does not exist"),
         ({"suffix": "../etc"}, "suffix"),
         ({"extra_body": {"fewtune": {"lora_r": 0}}}, "lora_r"),
@@ -299,6 +298,12 @@ def test_bad_job_requests_get_one_clear_sentence(
     with pytest.raises(openai.BadRequestError) as caught:
         client.fine_tuning.jobs.create(**request)
     assert words in caught.value.body["message"]  # type: ignore[index]
+
+
+def test_a_model_not_served_here_does_not_exist(client: openai.OpenAI, training_file: str) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file)
+    assert "does not exist" in caught.value.body["message"]  # type: ignore[index]
 
 
 def test_list_pages_with_cursor(client: openai.OpenAI, training_file: str) -> None:

@@ -32,11 +32,18 @@ def is_embedded(name: str) -> bool:
 
 
 def public_name(name: str) -> str:
-    """The name the server lists for a base model: canonical for the embedded one."""
+    """The name the server lists for its configured base model: canonical for the embedded one,
+    a folder's own name for a local folder.
+
+    Only for the operator's `[server] model`: a model named in a request is compared with the
+    names this gives, never looked up on disk (a request names models, not paths)."""
     if is_embedded(name):
         return EMBEDDED_CHAT_MODEL
-    path = Path(name).expanduser()
-    return path.name if path.is_dir() else name
+    try:
+        path = Path(name).expanduser()
+        return path.name if path.is_dir() else name
+    except (OSError, RuntimeError, ValueError):  # too long, ~nosuchuser, a NUL byte
+        return name
 
 
 def embedded_gguf() -> Path:

@@ -97,6 +97,8 @@ def resolve_hyperparameters(
 def _number(value: Any, name: str, kind: type, low: int = 0, high: int = 0) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f'{name} must be "auto" or a number')
+    if isinstance(value, float) and not math.isfinite(value):  # JSON's Infinity and NaN
+        raise ValueError(f'{name} must be "auto" or a finite number')
     if kind is int:
         if value != int(value) or not low <= value <= high:
             raise ValueError(f'{name} must be "auto" or a whole number from {low} to {high}')

@@ -13,7 +13,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from training.api_errors import APIError
-from training.base_models import public_name
 from training.finetune.adapters import adapter_archive, fine_tuned_model_name
 from training.finetune.files import check_limit, store_of
 from training.finetune.hyperparameters import resolve_hyperparameters
@@ -126,7 +125,8 @@ def _training_file(request: Request, file_id: str | None, param: str) -> dict[st
 @router.post("")
 async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
-    if public_name(body.model) != engine.base_model and body.model != engine.base_name:
+    if not engine.is_base(body.model):
+        engine.resolve(body.model)  # a model not served here: 404, as OpenAI answers
         raise APIError(
             400,
             f"Model {body.model!r} cannot be fine-tuned here: this server fine-tunes its base "

@@ -123,7 +123,13 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404:
             message = f"No route {request.method} {request.url.path} on this server."
-        return error_response(exc.status_code, message, code=None)
+        allow = (exc.headers or {}).get("Allow")
+        if exc.status_code == 405 and allow:
+            message = f"{request.url.path} answers {allow}, not {request.method}."
+        response = error_response(exc.status_code, message, code=None)
+        if exc.headers:  # a 405's Allow header names the methods the path answers
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -19,6 +19,7 @@ from training.serving.schemas import (
     completion_body,
     completion_id,
     model_body,
+    unsupported_chat_parameter,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> dict[str, Any] | StreamingResponse:
+    refusal = unsupported_chat_parameter(body)
+    if refusal is not None:
+        raise APIError(400, refusal, code="unsupported_parameter")
     engine = _engine(request)
     chat = await engine.prepare(body.model, body.message_dicts(), body.sampling())
     cid = completion_id()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.settings import Settings
-from training.base_models import public_name, resolve_base_model
+from training.base_models import is_embedded, public_name, resolve_base_model
 from training.served_adapters import adapter_dir, list_adapters
 
 if TYPE_CHECKING:
@@ -149,14 +149,22 @@ class ChatEngine:
         """Every model id served: the base model, then each adapter."""
         return [self.base_model, *list_adapters(self.settings.adapters_path)]
 
+    def is_base(self, model: str) -> bool:
+        """True when a request's `model` names the base model (its listed or configured name,
+        or an alias of the embedded one); a name, never looked up on disk."""
+        return model in (self.base_model, self.base_name) or (
+            is_embedded(model) and is_embedded(self.base_name)
+        )
+
     def resolve(self, model: str) -> str:
         """The canonical id for `model`, or UnknownModelError naming what is served."""
-        if model in (self.base_model, self.base_name) or public_name(model) == self.base_model:
+        if self.is_base(model):
             return self.base_model
         if adapter_dir(self.settings.adapters_path, model) is not None:
             return model
         served = ", ".join(self.model_ids())
-        raise UnknownModelError(f"Model {model!r} is not served here; served models: {served}.")
+        shown = model if len(model) <= 80 else model[:77] + "..."
+        raise UnknownModelError(f"The model {shown!r} does not exist; served models: {served}.")
 
     @property
     def loaded(self) -> bool:
@@ -236,6 +244,7 @@ class ChatEngine:
     ) -> PreparedChat:
         """Check the model and tokenize the prompt; raises EngineError before any output."""
         model_id = self.resolve(model)
+        self._check_max_tokens(sampling)
         if not messages:
             raise EngineError("messages must hold at least one message.")
         loop = asyncio.get_running_loop()
@@ -247,6 +256,16 @@ class ChatEngine:
                 f"{self._context}; shorten the conversation."
             )
         return PreparedChat(model_id, tuple(messages), sampling, tuple(ids))
+
+    def _check_max_tokens(self, sampling: Sampling) -> None:
+        """A request asking for more than `[server] max_tokens_limit` tokens is refused (400, as
+        OpenAI refuses more than a model can write), so one request cannot hold the engine."""
+        limit = self.settings.server.max_tokens_limit
+        if sampling.max_tokens is not None and sampling.max_tokens > limit:
+            raise EngineError(
+                f"max_tokens is {sampling.max_tokens} but this server writes at most {limit} "
+                "tokens an answer ([server] max_tokens_limit)."
+            )
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[ChatDelta]:
         """Yield the answer as it is generated; the last delta carries finish_reason and usage."""
@@ -305,6 +324,7 @@ class ChatEngine:
         """Check the model and tokenize a completions prompt (text or token ids). A prompt to
         score only (`scoring`) may fill the whole context; one to continue must leave room."""
         model_id = self.resolve(model)
+        self._check_max_tokens(sampling)
         loop = asyncio.get_running_loop()
         ids, text, added = await loop.run_in_executor(self._executor, self._text_ids, prompt)
         if len(ids) == 0:
@@ -370,7 +390,8 @@ class ChatEngine:
         from training.serving.decoding import SamplingParams, TextAssembler, decode_loop
 
         room = self._context - len(chat.prompt_ids) if self._context else DEFAULT_MAX_TOKENS
-        wanted = chat.sampling.max_tokens or DEFAULT_MAX_TOKENS
+        limit = self.settings.server.max_tokens_limit
+        wanted = chat.sampling.max_tokens or min(DEFAULT_MAX_TOKENS, limit)
         params = SamplingParams(
             max_tokens=max(1, min(wanted, room)),
             temperature=chat.sampling.temperature,

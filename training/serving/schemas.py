@@ -9,25 +9,61 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from training.serving.engine import ChatResult, Sampling, Usage
 
 MAX_PROMPTS = 256  # prompts in one /v1/completions request
+SEED_LOW, SEED_HIGH = -(2**63), 2**63 - 1  # a 64-bit integer, as OpenAI documents it
+
+
+def check_text(value: str) -> str:
+    """Refuse a lone surrogate (JSON's "\\ud800"): it is no text a tokenizer can read."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "holds a lone surrogate escape (such as \\ud800), which is not text"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(check_text)]
+
+# Chat parameters fewtune does not implement; OpenAI would act on them, so ignoring them would
+# answer something else than asked (a text instead of a tool call, prose instead of JSON).
+UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "response_format")
+
+
+def unsupported_chat_parameter(body: BaseModel) -> str | None:
+    """The sentence refusing the first parameter of UNSUPPORTED_CHAT that asks for something."""
+    for name in UNSUPPORTED_CHAT:
+        value = getattr(body, name)
+        if value is None or value == [] or value == "none":
+            continue
+        if name == "response_format":
+            if isinstance(value, dict) and value.get("type") == "text":
+                continue
+            return (
+                'fewtune serve does not support response_format other than {"type": "text"} '
+                "yet (no JSON mode): leave it out and ask for JSON in the messages."
+            )
+        return f"fewtune serve does not support {name} yet (no tool calls): leave it out."
+    return None
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def as_dict(self) -> dict[str, str]:
         """The message as the chat template wants it: `developer` is the newer `system`."""
@@ -53,11 +89,16 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
 
     @field_validator("n")
     @classmethod
@@ -158,8 +199,8 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
     n: int = 1
     best_of: int | None = None
     suffix: str | None = None
@@ -194,6 +235,9 @@ class CompletionRequest(BaseModel):
             raise ValueError("give a text, a list of texts, or token ids")
         if isinstance(value, list) and len(value) > MAX_PROMPTS and not isinstance(value[0], int):
             raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
+        for item in [value] if isinstance(value, str) else value:
+            if isinstance(item, str):
+                check_text(item)
         return value
 
     @field_validator("n")

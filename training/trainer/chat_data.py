@@ -74,6 +74,14 @@ def _parse_example(text: str, number: int) -> dict[str, Any]:
         example = json.loads(text)
     except json.JSONDecodeError as error:
         raise fail(f"is not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise fail("is nested too deeply to be a chat example") from None
+    except ValueError:  # an integer of more than 4,300 digits
+        raise fail("holds a number too long to read") from None
+    try:
+        json.dumps(example, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" escapes a lone surrogate: no text can hold it
+        raise fail("holds a lone surrogate escape (such as \\ud800), which is not text") from None
     if not isinstance(example, dict):
         raise fail('must be a JSON object like {"messages": [...]}')
     if "messages" not in example:
