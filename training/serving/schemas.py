@@ -80,25 +80,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """What chat and completions requests share: the model, the sampling options and their
+    checks (one choice, at most 4 stop sequences)."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
 
     @field_validator("n")
     @classmethod
@@ -114,15 +109,29 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         return value
 
-    def sampling(self) -> Sampling:
+    def _sampling(self, max_tokens: int | None) -> Sampling:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return Sampling(
-            max_tokens=self.max_completion_tokens or self.max_tokens,
+            max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=stop,
             seed=self.seed,
         )
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+
+    def sampling(self) -> Sampling:
+        return self._sampling(self.max_completion_tokens or self.max_tokens)
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [m.as_dict() for m in self.messages]
@@ -186,27 +195,17 @@ def model_body(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "fewtune"}
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(SamplingRequest):
     """The legacy `/v1/completions` body. Penalties and `user` are ignored as in chat; options
     that would change what a score means (best_of, suffix, logit_bias) are refused."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(min_length=1, max_length=256)
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
-    n: int = 1
     best_of: int | None = None
     suffix: str | None = None
     logit_bias: dict[str, float] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -240,13 +239,6 @@ class CompletionRequest(BaseModel):
                 check_text(item)
         return value
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
-
     @field_validator("best_of")
     @classmethod
     def _no_best_of(cls, value: int | None) -> int | None:
@@ -268,13 +260,6 @@ class CompletionRequest(BaseModel):
             raise ValueError("logit_bias is not supported")
         return value
 
-    @field_validator("stop")
-    @classmethod
-    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
-
     def prompts(self) -> list[str | list[int]]:
         """One entry per choice: a text or a list of token ids."""
         if isinstance(self.prompt, str):
@@ -287,14 +272,7 @@ class CompletionRequest(BaseModel):
         return 16 if self.max_tokens is None else self.max_tokens
 
     def sampling(self) -> Sampling:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return Sampling(
-            max_tokens=self.wanted_tokens(),
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            stop=stop,
-            seed=self.seed,
-        )
+        return self._sampling(self.wanted_tokens())
 
 
 class ApplyTemplateRequest(BaseModel):
