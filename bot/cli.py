@@ -27,6 +27,7 @@ from assistants.demo import TWIN_NAME
 from assistants.promotion import Step
 from bot.demo_chat import side_by_side
 from bot.evaluation_report import report_lines
+from bot.terminal import typed_messages
 from storage import Settings
 
 
@@ -536,29 +537,12 @@ async def _chat_loop(core: Core, name: str) -> None:
     for text in assistant.starters:
         typer.secho(f"  try: {text}", dim=True)
     note = core.providers.starting_note(assistant.active_model)
-    while True:
-        try:
-            # Read on the loop: nothing else runs on it between messages (the model calls have
-            # a loop of their own).
-            line = input("you> ")
-        except (EOFError, KeyboardInterrupt):
-            typer.echo()
-            return
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            return
+    help_line = "/new starts over, /exit or Ctrl-D ends."
+    for line in typed_messages(help_line, passed=("/new",), first_note=note):
         if line == "/new":
             conversation_id = None
             typer.secho("(new conversation)", dim=True)
             continue
-        if line.startswith("/") and " " not in line:
-            typer.secho(f"{line}: /new starts over, /exit or Ctrl-D ends.", dim=True)
-            continue
-        if note:
-            typer.secho(f"({note})", dim=True)
-            note = None
         shown = 0
 
         async def on_delta(text: str) -> None:
@@ -588,10 +572,8 @@ async def _chat_loop(core: Core, name: str) -> None:
             sys.stdout.write(f"{assistant.name}> {reply.text}")
         sys.stdout.write("\n")
         used = ", ".join(f"#{e.id} {e.input[:30]!r}" for e in reply.examples) or "none"
-        note = f"  [examples: {used}]"
-        if reply.trimmed:
-            note += f" [trimmed: {reply.trimmed}]"
-        typer.secho(note, dim=True)
+        trimmed = f" [trimmed: {reply.trimmed}]" if reply.trimmed else ""
+        typer.secho(f"  [examples: {used}]{trimmed}", dim=True)
 
 
 @app.command("chat")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from assistants import TERMINAL, Assistant, Core, FewtuneError, Origin, Reply
+from bot.terminal import typed_messages
 
 EXAMPLES_SHOWN = 4
 
@@ -36,24 +37,9 @@ async def side_by_side(core: Core, names: list[str]) -> None:
         )
     for text in assistants[0].starters:
         typer.secho(f"  try: {text}", dim=True)
-    note = core.providers.starting_note(assistants[0].active_model)
     conversations: dict[str, int] = {}
-    while True:
-        try:
-            line = input("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            typer.echo()
-            return
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            return
-        if line.startswith("/") and " " not in line:
-            typer.secho(f"{line}: /exit or Ctrl-D ends.", dim=True)
-            continue
-        if note:
-            typer.secho(f"({note})", dim=True)
-            note = None
+    note = core.providers.starting_note(assistants[0].active_model)
+    for line in typed_messages("/exit or Ctrl-D ends.", first_note=note):
         for assistant in assistants:
             known = conversations.get(assistant.name)
             origin = Origin(conversation_id=known) if known else Origin(assistant=assistant.name)
@@ -65,6 +51,8 @@ async def side_by_side(core: Core, names: list[str]) -> None:
             assert reply is not None  # a named assistant always answers
             conversations[assistant.name] = reply.conversation_id
             if reply.error is not None:
-                typer.secho(f"  {assistant.name:<{width}}  Error: {reply.error}", fg="red")
+                typer.secho(
+                    f"  {assistant.name:<{width}}  Error: {reply.error}", fg=typer.colors.RED
+                )
                 continue
             typer.echo(answer_line(width, assistant.name, reply))

@@ -150,6 +150,8 @@ def test_chat_in_the_terminal_streams_and_shows_the_examples(local_core, cli):
     assert result.exit_code == 0, result.output
     assert result.stdout.count("helper> ") == 2
     assert "[examples: #" in result.stdout
+    # Once under each reply, never again as the next message's note.
+    assert result.stdout.count("[examples: ") == 2
     assert "(new conversation)" in result.stdout
     # The wait for the local server is said once, before the first reply; a command the chat
     # does not know is explained, not sent to the model.
