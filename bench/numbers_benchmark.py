@@ -57,7 +57,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import math
 import os
 import random
 import sys
@@ -77,6 +76,7 @@ from assistants import Actor, Core, NotFound  # noqa: E402
 from assistants.assistant import DEFAULT_LAYOUT  # noqa: E402
 from assistants.promotion import Step  # noqa: E402
 from assistants.prompt import LAYOUTS, build_prompt  # noqa: E402
+from assistants.stats import binomial_p, wilson  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 DEMO = ROOT / "assistants" / "demo" / "numbers.json"
@@ -226,26 +226,13 @@ def normalise(answer: str) -> str:
 # -- statistics --------------------------------------------------------------------------------
 
 
-def wilson(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def mcnemar_exact(a: list[int], b: list[int]) -> dict[str, Any]:
     """Exact McNemar test on paired 0/1 outcomes: two-sided binomial test of the discordant
-    pairs (only_a: a right and b wrong; only_b: the reverse) against p = 0.5."""
+    pairs (only_a: a right and b wrong; only_b: the reverse) against p = 0.5. The statistics
+    are the core's (assistants/stats.py), as the promotion's gate uses them."""
     only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
-    n = only_a + only_b
-    if n == 0:
-        return {"only_a": 0, "only_b": 0, "p_value": 1.0}
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2 * tail)}
+    return {"only_a": only_a, "only_b": only_b, "p_value": binomial_p(only_a, only_b)}
 
 
 # -- the cache ---------------------------------------------------------------------------------
