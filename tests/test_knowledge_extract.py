@@ -156,7 +156,11 @@ def test_a_real_document_chunks_within_the_limit(embedder):
 @pytest.mark.parametrize(
     ("name", "data", "message"),
     [
-        ("photo.png", b"\x89PNG", "photo.png: fewtune reads .txt, .md, .pdf, .html, .csv and .json"),
+        (
+            "photo.png",
+            b"\x89PNG",
+            "photo.png: fewtune reads .txt, .md, .pdf, .html, .csv and .json",
+        ),
         ("latin.txt", "café".encode("latin-1"), "latin.txt is not UTF-8 text (byte 3)"),
         ("nul.md", b"text\x00more", "nul.md holds binary data, not text"),
         ("blank.md", b"\n\n   \n", "blank.md has no text to answer from"),
