@@ -508,6 +508,10 @@ def found_dict(rank: int, found) -> dict[str, Any]:
     }
 
 
+def chunks(count: int) -> str:
+    return f"{count} chunk" if count == 1 else f"{count} chunks"
+
+
 def file_size(size: int) -> str:
     if size < 1000:
         return f"{size} B"
@@ -526,7 +530,7 @@ def knowledge_add(
     core = open_core()
     added = run(core.api.add_knowledge(TERMINAL, name, contents))
     for f in added:
-        typer.echo(f"Added {f.name} to {name} as file {f.id} ({f.chunks} chunks).")
+        typer.echo(f"Added {f.name} to {name} as file {f.id} ({chunks(f.chunks)}).")
 
 
 @knowledge_app.command("list")
@@ -541,7 +545,7 @@ def knowledge_list(name: NameArg, as_json: JsonOpt = False) -> None:
         typer.echo(f"{name} has no knowledge files; add some with `fewtune knowledge add`.")
     for f in found:
         typer.echo(
-            f"{f.id:>4}  {f.name}  {f.kind}  {file_size(f.size)}  {f.chunks} chunks  {f.added_at}"
+            f"{f.id:>4}  {f.name}  {f.kind}  {file_size(f.size)}  {chunks(f.chunks)}  {f.added_at}"
         )
 
 
@@ -751,8 +755,8 @@ def reindex() -> None:
     core = open_core()
     total = run(core.api.reindex())
     typer.echo(f"Reindexed {total} examples.")
-    chunks = run(core.api.reindex_knowledge())
-    typer.echo(f"Reindexed {chunks} knowledge chunks.")
+    count = run(core.api.reindex_knowledge())
+    typer.echo(f"Reindexed {count} knowledge {'chunk' if count == 1 else 'chunks'}.")
 
 
 # -- promotion -------------------------------------------------------------------------------

@@ -128,10 +128,12 @@ def test_the_same_content_twice_is_refused(core, helper):
         core.knowledge.add(TERMINAL, "helper", [("prices.csv", PRICES), ("copy.md", GUIDE)])
     with pytest.raises(AlreadyExists, match=r"^guide\.md is already in 'helper'"):
         core.knowledge.add(TERMINAL, "helper", [("guide.md", GUIDE)])
-    with pytest.raises(AlreadyExists, match="already has a file called GUIDE.md"):
+    with pytest.raises(AlreadyExists, match="already has a file called guide.md"):
         core.knowledge.add(TERMINAL, "helper", [("GUIDE.md", b"# Other\nNew text.")])
-    with pytest.raises(AlreadyExists, match="b.csv has the same content as a.csv"):
+    with pytest.raises(AlreadyExists, match=r"^b\.csv is given twice \(as a\.csv too\)"):
         core.knowledge.add(TERMINAL, "helper", [("a.csv", PRICES), ("b.csv", PRICES)])
+    with pytest.raises(AlreadyExists, match=r"^A\.txt is given twice \(as a\.txt too\)"):
+        core.knowledge.add(TERMINAL, "helper", [("a.txt", b"one"), ("A.txt", b"two")])
     assert [f.name for f in core.knowledge.list(TERMINAL, "helper")] == ["guide.md"]
     # Another assistant may hold the same file.
     core.assistants.create(TERMINAL, "other", "Answer.")

@@ -180,28 +180,32 @@ class Knowledge:
     def _check_new(self, assistant: Assistant, files: builtins.list[tuple[str, str]]) -> None:
         """Duplicates (by content, or by name: citations name files) and the file count, against
         the files stored and among the new ones. Checked again under the lock as rows go in."""
-        names: dict[str, str] = {}
-        hashes: dict[str, str] = {}
-        for f in self._files(assistant.id):
-            names[f.name.lower()] = f.name
-            hashes[f.sha256] = f.name
+        stored = self._files(assistant.id)
+        names = {f.name.lower(): f.name for f in stored}
+        hashes = {f.sha256: f.name for f in stored}
+        new_names: dict[str, str] = {}
+        new_hashes: dict[str, str] = {}
         for file_name, digest in files:
-            if digest in hashes and hashes[digest].lower() == file_name.lower():
+            key = file_name.lower()
+            if key in new_names or digest in new_hashes:
+                twin = new_names.get(key) or new_hashes[digest]
                 raise AlreadyExists(
-                    f"{file_name} is already in {assistant.name!r}; nothing was added."
+                    f"{file_name} is given twice (as {twin} too); add each file once. "
+                    "Nothing was added."
                 )
             if digest in hashes:
+                where = "is" if hashes[digest].lower() == key else "has the same content as"
+                what = "" if where == "is" else f" {hashes[digest]},"
                 raise AlreadyExists(
-                    f"{file_name} has the same content as {hashes[digest]}, already in "
-                    f"{assistant.name!r}; nothing was added."
+                    f"{file_name} {where}{what} already in {assistant.name!r}; nothing was added."
                 )
-            if file_name.lower() in names:
+            if key in names:
                 raise AlreadyExists(
-                    f"{assistant.name!r} already has a file called {file_name}; remove it first "
+                    f"{assistant.name!r} already has a file called {names[key]}; remove it first "
                     "(`knowledge remove`) or rename the new one. Nothing was added."
                 )
-            hashes[digest] = names[file_name.lower()] = file_name
-        total = len(hashes)
+            new_names[key] = new_hashes[digest] = file_name
+        total = len(stored) + len(files)
         if total > self.settings.max_files:
             raise LimitExceeded(
                 f"{assistant.name!r} would have {total} knowledge files; the limit is "
