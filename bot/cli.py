@@ -369,7 +369,7 @@ def assistant_export(
         Path | None, typer.Option("--output", "-o", help="A file instead of stdout.")
     ] = None,
 ) -> None:
-    """Export an assistant (definition and examples) as one JSON file."""
+    """Export an assistant (definition, examples and knowledge) as one JSON file."""
     core = open_core()
     data = run(core.api.export_assistant(TERMINAL, name))
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
@@ -387,6 +387,9 @@ def assistant_import(
     core = open_core()
     assistant, result = run(core.api.import_assistant(TERMINAL, data, name))
     typer.echo(f"Imported {assistant.name} with {result.added} examples.")
+    files = run(core.api.knowledge_files(TERMINAL, assistant.name))
+    if files:
+        typer.echo(f"Its knowledge: {len(files)} files, {sum(f.chunks for f in files)} chunks.")
 
 
 # -- examples --------------------------------------------------------------------------------

@@ -66,7 +66,9 @@ class Found:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
+    """A file ready to store: checked, extracted and chunked (or read from an export)."""
+
     name: str
     kind: str
     size: int
@@ -129,6 +131,15 @@ class Knowledge:
             if h.example_id in chunks
         ]
 
+    def chunks_of(self, file_id: int) -> builtins.list[Chunk]:
+        """A file's chunks in order (for export; the caller has checked who asks)."""
+        rows = self.db.execute(
+            "SELECT id, file_id, position, location, text FROM knowledge_chunks "
+            "WHERE file_id = ? ORDER BY position",
+            [file_id],
+        )
+        return [Chunk(*r) for r in rows]
+
     def _chunk_count(self, assistant_id: int) -> int:
         row = self.db.execute(
             "SELECT count(*) FROM knowledge_chunks WHERE assistant_id = ?", [assistant_id]
@@ -150,7 +161,27 @@ class Knowledge:
             self._check_file(file_name, data)
         self._check_new(assistant, [(n, _sha256(d)) for n, d in files])
         prepared = [self._prepare(n, d, index) for n, d in files]
-        file_ids, chunk_ids, texts = self._insert_rows(assistant, prepared, actor.user_id)
+        return self._store(assistant, prepared, actor.user_id, index)
+
+    def add_prepared(
+        self, actor: Actor, name: str, prepared: builtins.list[Prepared]
+    ) -> builtins.list[KnowledgeFile]:
+        """Add files already chunked (an exported assistant's), all of them or none."""
+        assistant = self.assistants.get_managed(actor, name, "add knowledge to")
+        index = self._index()
+        self._check_new(assistant, [(p.name, p.sha256) for p in prepared])
+        return self._store(assistant, prepared, actor.user_id, index)
+
+    def _store(
+        self,
+        assistant: Assistant,
+        prepared: builtins.list[Prepared],
+        author: str,
+        index: ExampleIndex,
+    ) -> builtins.list[KnowledgeFile]:
+        """Rows and the mark under the lock, the index outside it, the mark taken back; a
+        failed index write deletes the rows again."""
+        file_ids, chunk_ids, texts = self._insert_rows(assistant, prepared, author)
         try:
             index.add(assistant.id, chunk_ids, texts)
         except Exception:
@@ -212,13 +243,13 @@ class Knowledge:
                 f"{self.settings.max_files}. Remove some first; nothing was added."
             )
 
-    def _prepare(self, file_name: str, data: bytes, index: ExampleIndex) -> _Prepared:
+    def _prepare(self, file_name: str, data: bytes, index: ExampleIndex) -> Prepared:
         extracted = extract(file_name, data)
         pieces = chunk(extracted.sections, index.embedder.count_tokens)
-        return _Prepared(file_name, extracted.kind, len(data), _sha256(data), pieces)
+        return Prepared(file_name, extracted.kind, len(data), _sha256(data), pieces)
 
     def _insert_rows(
-        self, assistant: Assistant, prepared: builtins.list[_Prepared], author: str
+        self, assistant: Assistant, prepared: builtins.list[Prepared], author: str
     ) -> tuple[builtins.list[int], builtins.list[int], builtins.list[str]]:
         stamp = now()
         file_ids: builtins.list[int] = []
