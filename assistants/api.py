@@ -45,8 +45,10 @@ class Api:
     # -- the core itself -----------------------------------------------------------------------
 
     async def open_index(self) -> None:
-        """Load the embedder and open the index (checked against SQLite) before serving."""
+        """Load the embedder and open the example and knowledge indexes (each checked against
+        SQLite) before serving."""
         await self._run(self._core.index)
+        await self._run(self._core.knowledge_index)
 
     async def start_local_server(self) -> bool:
         """Find or start the local model server in the background if a local model is used."""

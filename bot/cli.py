@@ -389,7 +389,8 @@ def assistant_import(
     typer.echo(f"Imported {assistant.name} with {result.added} examples.")
     files = run(core.api.knowledge_files(TERMINAL, assistant.name))
     if files:
-        typer.echo(f"Its knowledge: {len(files)} files, {sum(f.chunks for f in files)} chunks.")
+        count = f"{len(files)} file" if len(files) == 1 else f"{len(files)} files"
+        typer.echo(f"Its knowledge: {count}, {chunks(sum(f.chunks for f in files))}.")
 
 
 # -- examples --------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_the_cli_round_trip(cli, tmp_path):
     ok(cli("assistant", "export", "helper", "-o", str(out)))
     assert ok(cli("assistant", "import", str(out), "--name", "copy")).splitlines() == [
         "Imported copy with 0 examples.",
-        "Its knowledge: 1 files, 2 chunks.",
+        "Its knowledge: 1 file, 2 chunks.",
     ]
     data = json.loads(out.read_text())
     data["knowledge"][0]["kind"] = "csv"
