@@ -19,6 +19,7 @@ from assistants.assistant import Assistant
 from assistants.demo import install_demo
 from assistants.examples import Example, ImportResult
 from assistants.feedback import Feedback
+from assistants.knowledge import Found, KnowledgeFile
 from assistants.transfer import export_assistant, import_assistant
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ class Api:
     # -- the core itself -----------------------------------------------------------------------
 
     async def open_index(self) -> None:
-        """Load the embedder and open the index (checked against SQLite) before serving."""
+        """Load the embedder and open the example and knowledge indexes (each checked against
+        SQLite) before serving."""
         await self._run(self._core.index)
+        await self._run(self._core.knowledge_index)
 
     async def start_local_server(self) -> bool:
         """Find or start the local model server in the background if a local model is used."""
@@ -53,6 +56,9 @@ class Api:
 
     async def reindex(self) -> int:
         return await self._run(self._core.reindex)
+
+    async def reindex_knowledge(self) -> int:
+        return await self._run(self._core.reindex_knowledge)
 
     async def repair(self) -> RepairReport:
         return await self._run(self._core.repair)
@@ -143,6 +149,25 @@ class Api:
 
     async def remove_example(self, actor: Actor, name: str, example_id: int) -> Example:
         return await self._run(self._core.examples.remove, actor, name, example_id)
+
+    # -- knowledge -----------------------------------------------------------------------------
+
+    async def add_knowledge(
+        self, actor: Actor, name: str, files: list[tuple[str, bytes]]
+    ) -> list[KnowledgeFile]:
+        """Add files (name, content) to an assistant's knowledge, all of them or none."""
+        return await self._run(self._core.knowledge.add, actor, name, files)
+
+    async def knowledge_files(self, actor: Actor, name: str) -> list[KnowledgeFile]:
+        return await self._run(self._core.knowledge.list, actor, name)
+
+    async def remove_knowledge(self, actor: Actor, name: str, file_id: int) -> KnowledgeFile:
+        return await self._run(self._core.knowledge.remove, actor, name, file_id)
+
+    async def search_knowledge(
+        self, actor: Actor, name: str, query: str, k: int = 4
+    ) -> list[Found]:
+        return await self._run(self._core.knowledge.search, actor, name, query, k)
 
     # -- feedback ------------------------------------------------------------------------------
 

@@ -13,12 +13,13 @@ from assistants.assistant import Assistants
 from assistants.chat import Chat
 from assistants.examples import Examples
 from assistants.feedback import FeedbackBook
+from assistants.knowledge import Knowledge
 from assistants.privacy import Privacy
 from assistants.promotion import Promotions
 from assistants.providers import LOCAL, ModelRef, Providers
 from storage.db import open_db
 from storage.embeddings import Embedder
-from storage.index import ExampleIndex, IndexUnavailable
+from storage.index import EXAMPLES, KNOWLEDGE, ExampleIndex, IndexUnavailable
 from storage.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,26 @@ class RepairReport:
     added: int
     removed: int
 
+    def __add__(self, other: RepairReport) -> RepairReport:
+        return RepairReport(
+            self.checked + other.checked, self.added + other.added, self.removed + other.removed
+        )
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """What one index holds, as SQLite has it: the table of its rows, the text embedded, and the
+    column of `assistants` that counts an assistant's writes whose index step is in flight."""
+
+    prefix: str  # of its collections' names (storage/index.py)
+    table: str
+    text: str
+    dirty: str
+
+
+EXAMPLE_ROWS = Indexed(EXAMPLES, "examples", "input", "index_dirty")
+KNOWLEDGE_ROWS = Indexed(KNOWLEDGE, "knowledge_chunks", "text", "knowledge_dirty")
+
 
 class Core:
     """Everything below the frontends. Open one per process with `Core.open()`."""
@@ -42,10 +63,14 @@ class Core:
         self.lock = threading.RLock()  # one writer at a time: SQLite allows one write transaction
         self.embedder = embedder or Embedder()
         self._index: ExampleIndex | None = None
+        self._knowledge_index: ExampleIndex | None = None
         self._index_lock = threading.Lock()
         self.providers = Providers(settings)
         self.assistants = Assistants(self.db, settings, self.lock, on_delete=self._drop_index)
         self.examples = Examples(self.db, self.assistants, self.index, self.lock)
+        self.knowledge = Knowledge(
+            self.db, self.assistants, settings.knowledge, self.knowledge_index, self.lock
+        )
         # Blocking work of async calls runs here. More threads than the default pool (cores + 4):
         # messages arriving together then wait together and are embedded in one batch.
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fewtune-core")
@@ -75,54 +100,85 @@ class Core:
         with self._index_lock:
             if self._index is None:
                 index = ExampleIndex(self.settings, self.embedder)
-                self.repair(index)
+                self._repair(index, EXAMPLE_ROWS)
                 self._index = index
             return self._index
 
+    def knowledge_index(self) -> ExampleIndex:
+        """The knowledge index (chunks' vectors), opened on first use and checked once."""
+        with self._index_lock:
+            if self._knowledge_index is None:
+                index = ExampleIndex(self.settings, self.embedder, prefix=KNOWLEDGE)
+                self._repair(index, KNOWLEDGE_ROWS)
+                self._knowledge_index = index
+            return self._knowledge_index
+
     def _drop_index(self, assistant_id: int) -> None:
-        try:
-            self.index().drop(assistant_id)
-        except IndexUnavailable as exc:
-            # The assistant is already gone from SQLite (the truth); failing here would tell the
-            # user a finished delete failed. The next start-up repair drops the stray collection.
-            log.warning("could not drop the index of deleted assistant %s: %s", assistant_id, exc)
+        for opened in (self.index, self.knowledge_index):
+            try:
+                opened().drop(assistant_id)
+            except IndexUnavailable as exc:
+                # The assistant is already gone from SQLite (the truth); failing here would tell
+                # the user a finished delete failed. The next start-up repair drops the stray.
+                log.warning(
+                    "could not drop an index of deleted assistant %s: %s", assistant_id, exc
+                )
 
     def repair(self, index: ExampleIndex | None = None) -> RepairReport:
-        """Make the index agree with SQLite. Assistants marked dirty (a write was interrupted) or
-        whose vector count differs are compared id by id; missing vectors are added, stray ones
-        removed, and collections of deleted assistants dropped."""
-        index = index or self.index()
+        """Make the indexes agree with SQLite: the example index (or the one given), and the
+        knowledge index when none is given. See `_repair`."""
+        if index is not None:
+            return self._repair(
+                index, KNOWLEDGE_ROWS if index.prefix == KNOWLEDGE else EXAMPLE_ROWS
+            )
+        return self._repair(self.index(), EXAMPLE_ROWS) + self._repair(
+            self.knowledge_index(), KNOWLEDGE_ROWS
+        )
+
+    def _repair(self, index: ExampleIndex, rows_of: Indexed) -> RepairReport:
+        """Assistants marked dirty (a write was interrupted) or whose vector count differs are
+        compared id by id; missing vectors are added, stray ones removed, and collections of
+        deleted assistants dropped. An assistant with no rows and no collection is skipped
+        without creating one."""
         checked = added = removed = 0
         rows = self.db.execute(
-            "SELECT a.id, a.index_dirty, count(e.id) FROM assistants a "
-            "LEFT JOIN examples e ON e.assistant_id = a.id GROUP BY a.id"
+            f"SELECT a.id, a.{rows_of.dirty}, count(r.id) FROM assistants a "
+            f"LEFT JOIN {rows_of.table} r ON r.assistant_id = a.id GROUP BY a.id"
         ).fetchall()
+        prefix = f"{rows_of.prefix}-"
+        present = {
+            str(getattr(c, "name", c))
+            for c in index.client.list_collections()
+            if str(getattr(c, "name", c)).startswith(prefix)
+        }
         for assistant_id, dirty, count in rows:
+            if not dirty and not count and f"{prefix}{assistant_id}" not in present:
+                continue
             if not dirty and index.count(assistant_id) == count:
                 continue
             checked += 1
-            a, r = self._sync(index, assistant_id)
+            a, r = self._sync(index, rows_of, assistant_id)
             added += a
             removed += r
-        known = {f"assistant-{row[0]}" for row in rows}
-        for collection in index.client.list_collections():
-            name = getattr(collection, "name", collection)
-            if str(name).startswith("assistant-") and name not in known:
-                index.client.delete_collection(name)
+        known = {f"{prefix}{row[0]}" for row in rows}
+        for name in present - known:
+            index.client.delete_collection(name)
         if checked:
             log.warning(
-                "example index repaired: %d assistants, %d added, %d removed",
+                "%s index repaired: %d assistants, %d added, %d removed",
+                "knowledge" if rows_of is KNOWLEDGE_ROWS else "example",
                 checked,
                 added,
                 removed,
             )
         return RepairReport(checked, added, removed)
 
-    def _sync(self, index: ExampleIndex, assistant_id: int) -> tuple[int, int]:
+    def _sync(self, index: ExampleIndex, rows_of: Indexed, assistant_id: int) -> tuple[int, int]:
         with self.lock:
             truth = dict(
                 self.db.execute(
-                    "SELECT id, input FROM examples WHERE assistant_id = ?", [assistant_id]
+                    f"SELECT id, {rows_of.text} FROM {rows_of.table} WHERE assistant_id = ?",
+                    [assistant_id],
                 ).fetchall()
             )
             present = index.ids(assistant_id)
@@ -132,25 +188,32 @@ class Core:
             index.add(assistant_id, missing, [truth[i] for i in missing])
             with self.db.conn:
                 self.db.execute(
-                    "UPDATE assistants SET index_dirty = 0 WHERE id = ?", [assistant_id]
+                    f"UPDATE assistants SET {rows_of.dirty} = 0 WHERE id = ?", [assistant_id]
                 )
         return len(missing), len(stray)
 
     def reindex(self) -> int:
-        """Rebuild the whole index from SQLite (re-embedding every example); returns the count."""
-        index = self.index()
+        """Rebuild the example index from SQLite (re-embedding every example); returns the count."""
+        return self._reindex(self.index(), EXAMPLE_ROWS)
+
+    def reindex_knowledge(self) -> int:
+        """Rebuild the knowledge index from SQLite (re-embedding every chunk); returns the count."""
+        return self._reindex(self.knowledge_index(), KNOWLEDGE_ROWS)
+
+    def _reindex(self, index: ExampleIndex, rows_of: Indexed) -> int:
         total = 0
         for (assistant_id,) in self.db.execute("SELECT id FROM assistants").fetchall():
             index.drop(assistant_id)
             with self.lock:
                 rows = self.db.execute(
-                    "SELECT id, input FROM examples WHERE assistant_id = ? ORDER BY id",
+                    f"SELECT id, {rows_of.text} FROM {rows_of.table} "
+                    "WHERE assistant_id = ? ORDER BY id",
                     [assistant_id],
                 ).fetchall()
                 index.add(assistant_id, [r[0] for r in rows], [r[1] for r in rows])
                 with self.db.conn:
                     self.db.execute(
-                        "UPDATE assistants SET index_dirty = 0 WHERE id = ?", [assistant_id]
+                        f"UPDATE assistants SET {rows_of.dirty} = 0 WHERE id = ?", [assistant_id]
                     )
             total += len(rows)
         return total

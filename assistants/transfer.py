@@ -1,7 +1,9 @@
-"""An assistant as one JSON file: its definition and its examples (`/assistant export|import`).
+"""An assistant as one JSON file: its definition, its examples and its knowledge files (as
+stored: records and chunks) (`/assistant export|import`).
 
 Used by `/assistant export|import` in Discord and `fewtune assistant export|import`. Import is
-all or nothing: if the examples are refused, the assistant just created is deleted again.
+all or nothing: if the examples or the knowledge are refused, the assistant just created is
+deleted again. A file exported before knowledge existed has no `knowledge` and imports as before.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from assistants.assistant import EDITABLE, Assistant
 from assistants.errors import FewtuneError, ImportRejected
 from assistants.example_files import load_json
 from assistants.examples import ImportResult
+from assistants.knowledge import bundle as knowledge_bundle
 
 if TYPE_CHECKING:  # the core holds the api, which calls these
     from assistants.core import Core
@@ -24,14 +27,17 @@ DEFINITION = EDITABLE  # every setting a user can change, the name included
 
 
 def export_assistant(core: Core, actor: Actor, name: str) -> dict[str, Any]:
-    """The definition and examples of an assistant the actor may manage (else PermissionDenied)."""
+    """The definition, examples and knowledge of an assistant the actor may manage (else
+    PermissionDenied)."""
     assistant = core.assistants.get_managed(actor, name, "export")
     lines = core.examples.export(actor, assistant.name, "jsonl").split("\n")
+    files = core.knowledge.list(actor, assistant.name)
     return {
         "format": FORMAT,
         "version": VERSION,
         "assistant": {k: getattr(assistant, k) for k in DEFINITION},
         "examples": [json.loads(line) for line in lines if line.strip()],
+        "knowledge": knowledge_bundle.dump(core.knowledge, files),
     }
 
 
@@ -54,6 +60,8 @@ def import_assistant(
     examples = bundle.get("examples", [])
     if not isinstance(definition, dict) or not isinstance(examples, list):
         raise ImportRejected("The file needs an 'assistant' object and an 'examples' list.")
+    # Checked before the assistant is made: a bad file creates nothing.
+    knowledge = knowledge_bundle.load(bundle.get("knowledge", []), core.embedder.count_tokens)
     values = {k: definition[k] for k in DEFINITION if k in definition and k != "name"}
     if "instructions" not in values:
         raise ImportRejected("The assistant in the file has no instructions.")
@@ -62,12 +70,14 @@ def import_assistant(
     assistant = core.assistants.create(
         actor, name or str(definition.get("name", "")), values.pop("instructions"), **values
     )
-    if not examples:
-        return assistant, ImportResult(added=0, duplicates=0)
-    # ASCII escapes keep a lone surrogate encodable, for the reader to refuse by its line.
-    jsonl = "\n".join(json.dumps(e) for e in examples).encode()
+    result = ImportResult(added=0, duplicates=0)
     try:
-        result = core.examples.import_data(actor, assistant.name, "examples.jsonl", jsonl)
+        if examples:
+            # ASCII escapes keep a lone surrogate encodable, for the reader to refuse by its line.
+            jsonl = "\n".join(json.dumps(e) for e in examples).encode()
+            result = core.examples.import_data(actor, assistant.name, "examples.jsonl", jsonl)
+        if knowledge:
+            core.knowledge.add_prepared(actor, assistant.name, knowledge)
     except FewtuneError:
         core.assistants.delete(actor, assistant.name)
         raise

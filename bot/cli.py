@@ -84,7 +84,11 @@ example_app = typer.Typer(
     help="Add, import, export and search an assistant's examples.", no_args_is_help=True
 )
 app.add_typer(assistant_app, name="assistant")
+knowledge_app = typer.Typer(
+    help="Add, list, remove and search the files an assistant answers from.", no_args_is_help=True
+)
 app.add_typer(example_app, name="example")
+app.add_typer(knowledge_app, name="knowledge")
 
 T = TypeVar("T")
 
@@ -365,7 +369,7 @@ def assistant_export(
         Path | None, typer.Option("--output", "-o", help="A file instead of stdout.")
     ] = None,
 ) -> None:
-    """Export an assistant (definition and examples) as one JSON file."""
+    """Export an assistant (definition, examples and knowledge) as one JSON file."""
     core = open_core()
     data = run(core.api.export_assistant(TERMINAL, name))
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
@@ -383,6 +387,10 @@ def assistant_import(
     core = open_core()
     assistant, result = run(core.api.import_assistant(TERMINAL, data, name))
     typer.echo(f"Imported {assistant.name} with {result.added} examples.")
+    files = run(core.api.knowledge_files(TERMINAL, assistant.name))
+    if files:
+        count = f"{len(files)} file" if len(files) == 1 else f"{len(files)} files"
+        typer.echo(f"Its knowledge: {count}, {chunks(sum(f.chunks for f in files))}.")
 
 
 # -- examples --------------------------------------------------------------------------------
@@ -480,6 +488,100 @@ def example_search(
         return
     for e, s in found:
         typer.echo(f"{s:6.3f}  #{e.id}  {e.input[:60]!r} -> {e.output[:60]!r}")
+
+
+# -- knowledge -------------------------------------------------------------------------------
+
+
+def knowledge_file_dict(file) -> dict[str, Any]:
+    data = file.to_dict()
+    del data["assistant_id"]
+    return data
+
+
+def found_dict(rank: int, found) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "file": found.file.name,
+        "file_id": found.file.id,
+        "chunk": found.chunk.id,
+        "position": found.chunk.position,
+        "location": found.chunk.location,
+        "score": round(found.score, 4),
+        "text": found.chunk.text,
+    }
+
+
+def chunks(count: int) -> str:
+    return f"{count} chunk" if count == 1 else f"{count} chunks"
+
+
+def file_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    return f"{size / 1000:.1f} kB" if size < 1_000_000 else f"{size / 1_000_000:.1f} MB"
+
+
+@knowledge_app.command("add")
+def knowledge_add(
+    name: NameArg,
+    files: Annotated[
+        list[Path], typer.Argument(help=".txt, .md, .pdf, .html, .csv or .json files.")
+    ],
+) -> None:
+    """Add files to an assistant's knowledge: all of them, or none if one is refused."""
+    contents = [(file.name, read_input(file)) for file in files]
+    core = open_core()
+    added = run(core.api.add_knowledge(TERMINAL, name, contents))
+    for f in added:
+        typer.echo(f"Added {f.name} to {name} as file {f.id} ({chunks(f.chunks)}).")
+
+
+@knowledge_app.command("list")
+def knowledge_list(name: NameArg, as_json: JsonOpt = False) -> None:
+    """List an assistant's knowledge files, oldest first."""
+    core = open_core()
+    found = run(core.api.knowledge_files(TERMINAL, name))
+    if as_json:
+        emit_json([knowledge_file_dict(f) for f in found])
+        return
+    if not found:
+        typer.echo(f"{name} has no knowledge files; add some with `fewtune knowledge add`.")
+    for f in found:
+        typer.echo(
+            f"{f.id:>4}  {f.name}  {f.kind}  {file_size(f.size)}  {chunks(f.chunks)}  {f.added_at}"
+        )
+
+
+@knowledge_app.command("remove")
+def knowledge_remove(
+    name: NameArg,
+    file_id: Annotated[int, typer.Argument(help="Its id (from `knowledge list`).")],
+) -> None:
+    """Remove one knowledge file and its chunks."""
+    core = open_core()
+    gone = run(core.api.remove_knowledge(TERMINAL, name, file_id))
+    typer.echo(f"Removed {gone.name} (file {gone.id}) from {name}.")
+
+
+@knowledge_app.command("search")
+def knowledge_search(
+    name: NameArg,
+    query: Annotated[str, typer.Argument(help="A message to find knowledge for.")],
+    k: Annotated[int, typer.Option("-k", help="How many chunks.")] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """The chunks most like a message, best first: file, chunk, cosine score and text."""
+    core = open_core()
+    found = run(core.api.search_knowledge(TERMINAL, name, query, k))
+    if as_json:
+        emit_json([found_dict(rank, f) for rank, f in enumerate(found, start=1)])
+        return
+    for rank, f in enumerate(found, start=1):
+        where = f", {f.chunk.location}" if f.chunk.location else ""
+        text = " ".join(f.chunk.text.split())
+        typer.echo(f"{rank}. {f.score:.3f}  {f.file.name}{where} (chunk {f.chunk.id})")
+        typer.echo(f"   {text[:160]}{'…' if len(text) > 160 else ''}")
 
 
 # -- chatting --------------------------------------------------------------------------------
@@ -653,10 +755,12 @@ def discord_bot() -> None:
 
 @app.command("reindex")
 def reindex() -> None:
-    """Rebuild the example index from SQLite."""
+    """Rebuild the example and knowledge indexes from SQLite."""
     core = open_core()
     total = run(core.api.reindex())
     typer.echo(f"Reindexed {total} examples.")
+    count = run(core.api.reindex_knowledge())
+    typer.echo(f"Reindexed {count} knowledge {'chunk' if count == 1 else 'chunks'}.")
 
 
 # -- promotion -------------------------------------------------------------------------------

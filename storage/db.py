@@ -245,6 +245,40 @@ def m008_assistant_layout(db: Database) -> None:
     db.execute("ALTER TABLE assistants ADD COLUMN layout TEXT NOT NULL DEFAULT 'turns'")
 
 
+@migrations()
+def m009_knowledge(db: Database) -> None:
+    # Knowledge files an assistant answers from, and their chunks (the text the index embeds).
+    # The content hash refuses the same file twice; `chunks` is the file's count of chunks.
+    db.execute(
+        """CREATE TABLE knowledge_files (
+            id INTEGER PRIMARY KEY,
+            assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('txt', 'md', 'pdf', 'html', 'csv', 'json')),
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            chunks INTEGER NOT NULL,
+            added_by TEXT NOT NULL,
+            added_at TEXT NOT NULL,
+            UNIQUE (assistant_id, sha256)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE knowledge_chunks (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES knowledge_files(id) ON DELETE CASCADE,
+            assistant_id INTEGER NOT NULL REFERENCES assistants(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            location TEXT NOT NULL,
+            text TEXT NOT NULL,
+            UNIQUE (file_id, position)
+        )"""
+    )
+    db.execute("CREATE INDEX knowledge_chunks_assistant ON knowledge_chunks (assistant_id, id)")
+    # Like index_dirty, for the knowledge index: writes whose index step is in flight.
+    db.execute("ALTER TABLE assistants ADD COLUMN knowledge_dirty INTEGER NOT NULL DEFAULT 0")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

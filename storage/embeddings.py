@@ -109,6 +109,8 @@ class Embedder:
         self._one: Batcher[str, np.ndarray] = Batcher(self._embed_texts)
         self._model: Any = None
         self._tokenizer: Any = None
+        self._counter: Any = None
+        self._counter_lock = threading.Lock()
 
     def _load(self) -> None:
         from tokenizers import Tokenizer
@@ -131,6 +133,20 @@ class Embedder:
             self.backend_used = "torch"
         self._tokenizer = tokenizer
         self._model = model
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """How many word pieces the model reads of each text, untruncated and without the two
+        special tokens it adds ([CLS], [SEP]): MAX_TOKENS - 2 fit. Loads the tokenizer only."""
+        with self._counter_lock:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                counter = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+                counter.no_truncation()
+                counter.no_padding()
+                self._counter = counter
+        encoded = self._counter.encode_batch(texts, add_special_tokens=False)
+        return [len(e.ids) for e in encoded]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed texts; returns an array of shape (len(texts), 384). Between its batches it lets

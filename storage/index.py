@@ -1,11 +1,13 @@
-"""The example index: one chromadb collection per assistant, derived from SQLite.
+"""The example index: one chromadb collection per assistant, derived from SQLite. The same
+class holds each assistant's knowledge chunks, in collections of another prefix (`knowledge-`).
 
 One collection per assistant rather than one shared collection with a `where` filter: measured
 here, a filtered query over 100,000 vectors took about 84 ms p50, a per-assistant collection of
 10,000 about 2.5 ms (docs/design.md, "SQLite is the truth"). It also makes "only the assistant's
 own examples, ever" a property of the data layout rather than of a filter someone could forget.
 
-The index holds only ids and vectors of example inputs; texts stay in SQLite, the truth.
+The index holds only ids and vectors of example inputs (or chunks); texts stay in SQLite, the
+truth.
 """
 
 from __future__ import annotations
@@ -33,15 +35,20 @@ _ADD_BATCH = 5000  # chromadb accepts at most a few thousand records a call
 
 @dataclass(frozen=True)
 class Hit:
-    """One example found by a query: its id, cosine similarity and (when asked) its vector."""
+    """One example (or knowledge chunk) found by a query: its id, cosine similarity and (when
+    asked) its vector."""
 
     example_id: int
     score: float
     vector: np.ndarray | None = None
 
 
-def collection_name(assistant_id: int) -> str:
-    return f"assistant-{assistant_id}"
+EXAMPLES = "assistant"  # collection names' prefixes: `assistant-7` holds assistant 7's examples
+KNOWLEDGE = "knowledge"  # and `knowledge-7` its knowledge chunks
+
+
+def collection_name(assistant_id: int, prefix: str = EXAMPLES) -> str:
+    return f"{prefix}-{assistant_id}"
 
 
 class IndexUnavailable(FewtuneError, RuntimeError):
@@ -49,9 +56,11 @@ class IndexUnavailable(FewtuneError, RuntimeError):
 
 
 class ExampleIndex:
-    """Vectors of example inputs, per assistant, in embedded chromadb or a Chroma server."""
+    """Vectors of example inputs, per assistant, in embedded chromadb or a Chroma server;
+    with `prefix=KNOWLEDGE`, vectors of knowledge chunks (ids are then chunk ids)."""
 
-    def __init__(self, settings: Settings, embedder: Embedder) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder, prefix: str = EXAMPLES) -> None:
+        self.prefix = prefix
         self.settings: IndexSettings = settings.index
         self._path = settings.chroma_path
         self.embedder = embedder
@@ -108,7 +117,7 @@ class ExampleIndex:
 
     def _get_or_create(self, assistant_id: int) -> Any:
         return self.client.get_or_create_collection(
-            collection_name(assistant_id),
+            collection_name(assistant_id, self.prefix),
             embedding_function=self._function,
             configuration={
                 "hnsw": {
@@ -156,7 +165,7 @@ class ExampleIndex:
             for key in [k for k in self._batchers if k[0] == assistant_id]:
                 del self._batchers[key]
         try:
-            self.client.delete_collection(collection_name(assistant_id))
+            self.client.delete_collection(collection_name(assistant_id, self.prefix))
         except Exception:  # chromadb raises NotFoundError/ValueError by version when it is absent
             log.debug("collection of assistant %s was already absent", assistant_id)
 

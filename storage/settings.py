@@ -24,6 +24,13 @@ Example `fewtune.toml`:
     [promotion]
     train_with_examples = true         # training chats carry their retrieved examples, as served
 
+    [knowledge]                        # files an assistant answers from
+    max_files = 20                     # per assistant
+    max_file_mb = 10                   # per file
+    max_chunks = 2000                  # per assistant, all files together
+    knowledge_k = 4                    # chunks put in a prompt
+    min_score = 0.3                    # cosine similarity a chunk needs to be put there
+
     [evaluation]                       # the gate a promotion passes before its switch
     judge = "openai:gpt-4o-mini"       # optional: a judge model compares answers head to head
     alpha = 0.05                       # the switch needs p below this (over both candidates)
@@ -159,6 +166,34 @@ class EvaluationSettings:
             )
 
 
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """Knowledge files: how many and how large (each file is read whole in memory and its chunks
+    embedded on the bot's one embedding thread, about 8 chunks of 200 word pieces a second on
+    this 2-core machine: 2,000 chunks take about 4 minutes), and how many chunks, how alike,
+    answer a message."""
+
+    max_files: int = 20  # per assistant, as OpenAI's GPTs
+    max_file_mb: int = 10  # a PDF is mostly fonts and images; its text is far smaller
+    max_chunks: int = 2000  # per assistant: about 400,000 word pieces of text
+    knowledge_k: int = 4
+    min_score: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("max_files", "max_file_mb", "max_chunks", "knowledge_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingsError(
+                    f"fewtune.toml: knowledge.{name} must be a whole number of at least 1, "
+                    f"not {value!r}."
+                )
+        score = self.min_score
+        if isinstance(score, bool) or not isinstance(score, int | float) or not -1 <= score <= 1:
+            raise SettingsError(
+                f"fewtune.toml: knowledge.min_score must be a number from -1 to 1, not {score!r}."
+            )
+
+
 def judge_is_valid(text: str) -> bool:
     """Whether `text` reads "provider:model" with both parts."""
     provider, _, model = text.partition(":")
@@ -174,6 +209,7 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
 
     @property
     def db_path(self) -> Path:
@@ -265,4 +301,5 @@ def load_settings(home: str | Path | None = None) -> Settings:
         chat=_build(ChatSettings, _section(data, "chat"), "chat"),
         promotion=_build(PromotionSettings, _section(data, "promotion"), "promotion"),
         evaluation=_build(EvaluationSettings, _section(data, "evaluation"), "evaluation"),
+        knowledge=_build(KnowledgeSettings, _section(data, "knowledge"), "knowledge"),
     )

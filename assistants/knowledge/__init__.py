@@ -1,0 +1,7 @@
+"""Knowledge: files an assistant answers from (.txt, .md, .pdf, .html, .csv, .json), extracted
+(extract.py), cut into chunks the embedder reads whole (chunks.py), stored and searched
+(knowledge.py)."""
+
+from assistants.knowledge.knowledge import Chunk, Found, Knowledge, KnowledgeFile
+
+__all__ = ["Chunk", "Found", "Knowledge", "KnowledgeFile"]
