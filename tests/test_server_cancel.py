@@ -8,6 +8,8 @@ unless stopped (the tests need a few seconds of it).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +19,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from discord_fake.world import create_assistant, wait_answer
 from server_fixtures import make_tiny_model, serving, write_settings
+from test_cli import error_line, ok
 
+from storage.settings import SettingsError, load_settings
 from training.serving.engine import ChatEngine
 
 TOKEN = "cancel-token"
@@ -175,3 +180,83 @@ def test_past_the_queue_a_429_with_retry_after_and_a_bounded_wait(served, engine
             assert waited.value.response.headers["Retry-After"].isdigit()
         assert generating(engine)  # the running stream went on meanwhile
     assert quick_answer_seconds(client) < 2.0
+
+
+# -- what the frontends say when the local server is busy ---------------------------------------
+
+
+@pytest.fixture
+def busy(tmp_path: Path, tiny_model: Path):
+    """A fresh `fewtune serve` with no queue (max_waiting = 0) writing a long answer: any other
+    request is a 429 at once, with Retry-After 1 (no turn has ended yet to go by)."""
+    settings = write_settings(
+        tmp_path / "busy-home",
+        model=str(tiny_model),
+        max_tokens_limit=LONG["max_tokens"],
+        max_waiting=0,
+    )
+    with serving(settings, TOKEN) as (base_url, _):
+        client = client_of(base_url)
+        with client.chat.completions.create(**LONG, stream=True) as running:
+            next(iter(running))
+            yield base_url
+
+
+def advertise_as_local(home: Path, base_url: str) -> None:
+    """Make `base_url` the local model server of FEWTUNE_HOME `home`, as a running one records
+    itself (server.json, server.token), so the `local` provider finds it."""
+    info = {"pid": os.getpid(), "url": base_url}
+    (home / "server.json").write_text(json.dumps(info), encoding="utf-8")
+    (home / "server.token").write_text(TOKEN, encoding="utf-8")
+
+
+BUSY = "The local model server is busy with other replies; try again in 1 second."
+
+
+def test_the_cli_says_the_local_server_is_busy_in_one_line(cli, fewtune_home, busy) -> None:
+    advertise_as_local(fewtune_home, busy)
+    ok(
+        cli(
+            "assistant",
+            "create",
+            "helper",
+            "--instructions",
+            "Answer.",
+            "--model",
+            "local:tiny-llama",
+        )
+    )
+    assert error_line(cli("ask", "helper", "hello")) == f"Error: {BUSY}"
+
+
+async def test_discord_says_the_local_server_is_busy_in_the_reply(world, busy) -> None:
+    advertise_as_local(world.core.settings.home, busy)
+    await create_assistant(world, world.alice, "helper")
+    world.core.assistants.edit(world.bot_actor(world.alice), "helper", model="local:tiny-llama")
+    ix = await wait_answer(
+        world,
+        await world.fake.slash(
+            "chat",
+            user=world.bob,
+            channel=world.channel,
+            options={"assistant": "helper", "message": "anyone free?"},
+        ),
+    )
+    assert BUSY in ix.original.content and "\n" not in ix.original.content.strip()
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("max_waiting = -1", "server.max_waiting must be 0 or more, not -1."),
+        ("max_waiting = 2.5", "server.max_waiting must be a whole number, not 2.5."),
+        ("max_wait_s = 0", "server.max_wait_s must be a number of seconds above 0, not 0."),
+        ("max_wait_s = inf", "server.max_wait_s must be a number of seconds above 0, not inf."),
+        ('max_wait_s = "long"', "server.max_wait_s must be a number, not 'long'."),
+    ],
+)
+def test_bad_queue_settings_are_one_sentence(tmp_path: Path, setting: str, said: str) -> None:
+    (tmp_path / "fewtune.toml").write_text(f"[server]\n{setting}\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(tmp_path)
+    assert str(raised.value) == f"fewtune.toml: {said}"

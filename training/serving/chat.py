@@ -57,6 +57,7 @@ async def chat_completions(
     refusal = unsupported_chat_parameter(body)
     if refusal is not None:
         raise APIError(400, refusal, code="unsupported_parameter")
+    _engine(request).resolve(body.model)  # an unknown model is a 404 without waiting its turn
     return await while_listening(request, _answer(body, request))
 
 
