@@ -35,6 +35,7 @@ LONG: dict[str, Any] = {
     "max_tokens": 6_000,
 }
 MAX_WAIT_S = 2
+LONGEST = 8_000
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,14 @@ def generating(engine: ChatEngine, window: float = 0.2) -> bool:
     before = engine.tokens_generated
     time.sleep(window)
     return engine.tokens_generated > before
+
+
+def first_words(stream: Any) -> None:
+    """Read a stream up to its first text: its request now holds the engine, generating."""
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            return
+    raise AssertionError("the stream ended without text")
 
 
 def stops_within(engine: ChatEngine, seconds: float) -> bool:
@@ -140,8 +149,7 @@ def test_a_stream_closed_by_its_client_frees_the_engine(client, engine) -> None:
 def test_a_queued_request_whose_client_left_never_generates(served, engine, client) -> None:
     admission = served[1].state.admission
     with client.chat.completions.create(**LONG, stream=True) as running:
-        next(iter(running))
-        assert generating(engine)
+        first_words(running)
         began = engine.generations
         with pytest.raises(openai.APITimeoutError):  # waits behind the stream, then leaves
             client_of(served[0], timeout=0.5).chat.completions.create(**LONG)
@@ -154,7 +162,7 @@ def test_past_the_queue_a_429_with_retry_after_and_a_bounded_wait(served, engine
     base_url, app = served
     client = client_of(base_url)
     with client.chat.completions.create(**LONG, stream=True) as running:
-        next(iter(running))
+        first_words(running)
         with ThreadPoolExecutor(1) as pool:
             start = time.monotonic()
             waiting = pool.submit(client.chat.completions.create, **LONG)
@@ -188,17 +196,20 @@ def test_past_the_queue_a_429_with_retry_after_and_a_bounded_wait(served, engine
 @pytest.fixture
 def busy(tmp_path: Path, tiny_model: Path):
     """A fresh `fewtune serve` with no queue (max_waiting = 0) writing a long answer: any other
-    request is a 429 at once, with Retry-After 1 (no turn has ended yet to go by)."""
+    request is a 429 at once, with Retry-After 1 (no turn has ended yet to go by). Its answer is
+    the longest measured without an end token (about 50 s here), to outlast a slow CLI."""
     settings = write_settings(
         tmp_path / "busy-home",
         model=str(tiny_model),
-        max_tokens_limit=LONG["max_tokens"],
+        max_tokens_limit=LONGEST,
         max_waiting=0,
     )
     with serving(settings, TOKEN) as (base_url, _):
         client = client_of(base_url)
-        with client.chat.completions.create(**LONG, stream=True) as running:
-            next(iter(running))
+        with client.chat.completions.create(
+            **{**LONG, "max_tokens": LONGEST}, stream=True
+        ) as running:
+            first_words(running)
             yield base_url
 
 
