@@ -428,6 +428,14 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
+def _retry_after(exc: Any) -> int | None:
+    """The whole seconds a 429's Retry-After header asks to wait, if it gives a number."""
+    try:
+        return max(1, round(float(exc.response.headers.get("retry-after", ""))))
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+
+
 def describe(model: ModelRef, exc: Any) -> str:
     """One sentence for a provider failure."""
     import openai
@@ -442,7 +450,11 @@ def describe(model: ModelRef, exc: Any) -> str:
     if isinstance(exc, openai.NotFoundError):
         return f"The {where} does not serve the model {model.model!r}."
     if isinstance(exc, openai.RateLimitError):
-        return f"The {where} is rate limiting requests; try again shortly."
+        wait = _retry_after(exc)
+        when = f"in {wait} second{'' if wait == 1 else 's'}" if wait else "shortly"
+        if model.provider == LOCAL:  # fewtune serve's queue is full: it says 429 when busy
+            return f"The local model server is busy with other replies; try again {when}."
+        return f"The {where} is rate limiting requests; try again {when}."
     if isinstance(exc, openai.APIStatusError):
         return f"The {where} failed with HTTP {exc.status_code}; try again later."
     return f"The {where} failed: {exc}"

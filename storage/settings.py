@@ -14,6 +14,8 @@ Example `fewtune.toml`:
     model = "SmolLM2-135M-Instruct"    # or a local folder / Hugging Face model name
     idle_timeout = 900                 # seconds without requests before an on-demand server stops
     start_with_bot = true              # `fewtune bot` starts it at once when a local model is used
+    max_waiting = 8                    # requests that may wait behind the one generating (429 past)
+    max_wait_s = 120                   # seconds one may wait before a 429
 
     [index]
     chroma_url = "http://127.0.0.1:8001"   # keep the example index in a Chroma server
@@ -85,6 +87,29 @@ class ServerSettings:
     fast_decode: bool = True  # CPU: fewtune's lean decoder for Llama models (else transformers)
     int8_weights: bool = True  # with fast_decode: int8 weights, 4x less memory traffic a token
     max_tokens_limit: int = 4096  # a request asking for more tokens an answer is refused (400)
+    # One request generates at a time: at most `max_waiting` wait behind it, each at most
+    # `max_wait_s` seconds; past either, a 429 with Retry-After (docs/design.md, "Admission").
+    max_waiting: int = 8
+    max_wait_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_waiting, bool) or not isinstance(self.max_waiting, int):
+            raise SettingsError(
+                f"fewtune.toml: server.max_waiting must be a whole number, not {self.max_waiting!r}."
+            )
+        if self.max_waiting < 0:
+            raise SettingsError(
+                f"fewtune.toml: server.max_waiting must be 0 or more, not {self.max_waiting!r}."
+            )
+        if isinstance(self.max_wait_s, bool) or not isinstance(self.max_wait_s, int | float):
+            raise SettingsError(
+                f"fewtune.toml: server.max_wait_s must be a number, not {self.max_wait_s!r}."
+            )
+        if not 0 < self.max_wait_s < float("inf"):
+            raise SettingsError(
+                "fewtune.toml: server.max_wait_s must be a number of seconds above 0, "
+                f"not {self.max_wait_s!r}."
+            )
 
 
 @dataclass(frozen=True)

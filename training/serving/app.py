@@ -13,16 +13,18 @@ import time
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage.settings import Settings
 from training.api_errors import APIError, error_body
 from training.finetune import attach_finetuning
+from training.serving.admission import Admission, ServerBusy
 from training.serving.chat import router as chat_router
 from training.serving.completions import router as completions_router
 from training.serving.engine import ChatEngine, EngineError
+from training.serving.listening import ClientGone
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
     app.state.settings = settings
     app.state.token = token
     app.state.engine = engine if engine is not None else ChatEngine(settings)
+    app.state.admission = Admission(settings.server.max_waiting, settings.server.max_wait_s)
     app.state.started = int(time.time())
 
     @app.exception_handler(APIError)
@@ -113,6 +116,18 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
         kind = "server_error" if exc.status >= 500 else "invalid_request_error"
         return error_response(exc.status, str(exc), kind, exc.code)
+
+    @app.exception_handler(ServerBusy)
+    async def _busy(request: Request, exc: ServerBusy) -> JSONResponse:
+        response = error_response(429, str(exc), "rate_limit_error", exc.code)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        # Nobody reads this answer; 499 is what nginx logs for a client that closed first.
+        log.info("%s %s: the client left; its request stopped", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -9,10 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from training.api_errors import APIError, error_body
+from training.serving.admission import Admission
 from training.serving.engine import ChatEngine, EngineError, PreparedChat
+from training.serving.listening import EventStream, while_listening
 from training.serving.schemas import (
     ChatCompletionRequest,
     chunk_body,
@@ -28,6 +30,10 @@ router = APIRouter(prefix="/v1")
 
 def _engine(request: Request) -> ChatEngine:
     return request.app.state.engine
+
+
+def _admission(request: Request) -> Admission:
+    return request.app.state.admission
 
 
 @router.get("/models")
@@ -47,22 +53,25 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
-) -> dict[str, Any] | StreamingResponse:
+) -> dict[str, Any] | EventStream:
     refusal = unsupported_chat_parameter(body)
     if refusal is not None:
         raise APIError(400, refusal, code="unsupported_parameter")
+    _engine(request).resolve(body.model)  # an unknown model is a 404 without waiting its turn
+    return await while_listening(request, _answer(body, request))
+
+
+async def _answer(body: ChatCompletionRequest, request: Request) -> dict[str, Any] | EventStream:
+    """The answer, once the engine is this request's turn (a stream keeps the turn)."""
     engine = _engine(request)
-    chat = await engine.prepare(body.model, body.message_dicts(), body.sampling())
-    cid = completion_id()
-    if not body.stream:
-        result = await engine.complete(chat)
-        return completion_body(cid, chat.model, result)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
-        _sse(engine, chat, cid, include_usage),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    async with _admission(request).turn() as turn:
+        chat = await engine.prepare(body.model, body.message_dicts(), body.sampling())
+        cid = completion_id()
+        if not body.stream:
+            result = await engine.complete(chat)
+            return completion_body(cid, chat.model, result)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventStream(_sse(engine, chat, cid, include_usage), turn.pass_on())
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -81,13 +90,14 @@ async def _sse(
 
     yield chunk({"role": "assistant", "content": ""})
     try:
-        async for delta in engine.stream(chat):
-            if delta.text:
-                yield chunk({"content": delta.text})
-            if delta.finish_reason is not None:
-                yield chunk({}, finish_reason=delta.finish_reason)
-                if include_usage:
-                    yield chunk(None, usage=delta.usage)
+        async with contextlib.aclosing(engine.stream(chat)) as deltas:
+            async for delta in deltas:
+                if delta.text:
+                    yield chunk({"content": delta.text})
+                if delta.finish_reason is not None:
+                    yield chunk({}, finish_reason=delta.finish_reason)
+                    if include_usage:
+                        yield chunk(None, usage=delta.usage)
     except (EngineError, APIError) as exc:
         # Headers are sent already: report the error in the stream, as OpenAI does.
         yield _event(error_body(str(exc), "server_error", getattr(exc, "code", None)))

@@ -8,6 +8,7 @@ the tokens whose text_offset >= len(prompt).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -15,10 +16,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from training.api_errors import APIError, error_body
+from training.serving.admission import Admission
 from training.serving.engine import ChatEngine, EngineError, PreparedText, Usage
+from training.serving.listening import EventStream, while_listening
 from training.serving.schemas import (
     ApplyTemplateRequest,
     CompletionRequest,
@@ -36,19 +38,26 @@ def _engine(request: Request) -> ChatEngine:
     return request.app.state.engine
 
 
+def _admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
 @router.post("/v1/apply-template")
 @router.post("/apply-template")
 async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[str, str]:
     engine = _engine(request)
     if body.model is not None:
         engine.resolve(body.model)  # one base model: every served model has its template
-    return {"prompt": await engine.prompt_text(body.message_dicts())}
+
+    async def template() -> dict[str, str]:
+        async with _admission(request).turn():  # the tokenizer runs on the engine's thread
+            return {"prompt": await engine.prompt_text(body.message_dicts())}
+
+    return await while_listening(request, template())
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(
-    body: CompletionRequest, request: Request
-) -> dict[str, Any] | StreamingResponse:
+async def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | EventStream:
     if body.wanted_tokens() == 0 and not body.echo:
         raise APIError(
             400,
@@ -62,35 +71,37 @@ async def completions(
             "logprobs are not supported with stream: ask without stream to get them.",
             code="invalid_request",
         )
+    _engine(request).resolve(body.model)
+    return await while_listening(request, _answer(body, request))
+
+
+async def _answer(body: CompletionRequest, request: Request) -> dict[str, Any] | EventStream:
+    """Every prompt's choice, once the engine is this request's turn (a stream keeps it)."""
     engine = _engine(request)
-    engine.resolve(body.model)
     scoring = body.wanted_tokens() == 0
     given = body.prompts()
-    prompts: list[PreparedText] = []
-    for index, text in enumerate(given):
-        try:
-            prompts.append(
-                await engine.prepare_text(body.model, text, body.sampling(), scoring=scoring)
-            )
-        except EngineError as exc:  # say which prompt of several
-            if len(given) == 1:
-                raise
-            raise type(exc)(f"Prompt {index}: {exc}") from exc
-    cid = text_completion_id()
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(engine, body, prompts, cid, include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    choices: list[dict[str, Any]] = []
-    prompt_tokens = completion_tokens = 0
-    for index, prompt in enumerate(prompts):
-        choice, usage = await _choice(engine, body, index, prompt)
-        choices.append(choice)
-        prompt_tokens += usage.prompt_tokens
-        completion_tokens += usage.completion_tokens
+    async with _admission(request).turn() as turn:
+        prompts: list[PreparedText] = []
+        for index, text in enumerate(given):
+            try:
+                prompts.append(
+                    await engine.prepare_text(body.model, text, body.sampling(), scoring=scoring)
+                )
+            except EngineError as exc:  # say which prompt of several
+                if len(given) == 1:
+                    raise
+                raise type(exc)(f"Prompt {index}: {exc}") from exc
+        cid = text_completion_id()
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return EventStream(_sse(engine, body, prompts, cid, include_usage), turn.pass_on())
+        choices: list[dict[str, Any]] = []
+        prompt_tokens = completion_tokens = 0
+        for index, prompt in enumerate(prompts):
+            choice, usage = await _choice(engine, body, index, prompt)
+            choices.append(choice)
+            prompt_tokens += usage.prompt_tokens
+            completion_tokens += usage.completion_tokens
     model = prompts[0].chat.model
     usage = Usage(prompt_tokens, completion_tokens)
     return text_completion_body(cid, model, int(time.time()), choices, usage)
@@ -191,13 +202,14 @@ async def _sse(
             if body.wanted_tokens() == 0:
                 yield chunk(index, "", "length")
                 continue
-            async for delta in engine.stream(prompt.chat):
-                if delta.text:
-                    yield chunk(index, delta.text)
-                if delta.finish_reason is not None:
-                    yield chunk(index, "", delta.finish_reason)
-                    if delta.usage is not None:
-                        completion_tokens += delta.usage.completion_tokens
+            async with contextlib.aclosing(engine.stream(prompt.chat)) as deltas:
+                async for delta in deltas:
+                    if delta.text:
+                        yield chunk(index, delta.text)
+                    if delta.finish_reason is not None:
+                        yield chunk(index, "", delta.finish_reason)
+                        if delta.usage is not None:
+                            completion_tokens += delta.usage.completion_tokens
         if include_usage:
             usage = Usage(prompt_tokens, completion_tokens)
             yield _event(text_completion_body(cid, model, created, [], usage))

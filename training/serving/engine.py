@@ -5,7 +5,10 @@
   request by name; the base is never reloaded. An adapter republished under the same name (its
   weights file changed) is loaded again.
 - Generation runs in one worker thread, one request at a time, so the event loop never blocks and
-  requests never fight over the CPU; tokens are streamed to the caller as they are produced.
+  requests never fight over the CPU; tokens are streamed to the caller as they are produced. A
+  caller that stops reading a stream (its client left) stops the generation at the next token.
+  Which request goes next, and how many may wait, is the routes' admission
+  (training.serving.admission), not the engine's.
 - Legacy completions prompts (`prepare_text`) generate the same way; their scores (`score`) come
   from one plain transformers/peft forward pass on that thread (training.serving.scoring).
 """
@@ -18,7 +21,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +145,10 @@ class ChatEngine:
         self._fast: Any = None  # FastLlama when the lean CPU decoder applies
         self._fast_adapters: dict[str, tuple[Any, int]] = {}  # name -> (LoraAdapter|None, mtime)
         self._adapter_counter = itertools.count()
+        # Kept by the generation thread: answers begun and tokens generated since the start
+        # (an abandoned request must add to neither once its client has gone).
+        self.generations = 0
+        self.tokens_generated = 0
 
     # -- models -------------------------------------------------------------------------
 
@@ -267,7 +274,7 @@ class ChatEngine:
                 "tokens an answer ([server] max_tokens_limit)."
             )
 
-    async def stream(self, chat: PreparedChat) -> AsyncIterator[ChatDelta]:
+    async def stream(self, chat: PreparedChat) -> AsyncGenerator[ChatDelta, None]:
         """Yield the answer as it is generated; the last delta carries finish_reason and usage."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -301,9 +308,10 @@ class ChatEngine:
         """The whole answer at once."""
         parts: list[str] = []
         last = ChatDelta("", "stop", Usage(len(chat.prompt_ids), 0))
-        async for delta in self.stream(chat):
-            parts.append(delta.text)
-            last = delta
+        async with contextlib.aclosing(self.stream(chat)) as deltas:
+            async for delta in deltas:
+                parts.append(delta.text)
+                last = delta
         assert last.usage is not None and last.finish_reason is not None
         return ChatResult("".join(parts), last.finish_reason, last.usage, last.ids)
 
@@ -402,9 +410,11 @@ class ChatEngine:
         assembler = TextAssembler(self._tokenizer, params.stop)
         finish = "length"
         end: tuple[int, ...] = ()
+        self.generations += 1
         with self._stepper(chat.model) as stepper:
             prompt = list(chat.prompt_ids)
             for token in decode_loop(stepper, prompt, params, self._eos_ids, cancel):
+                self.tokens_generated += 1
                 if token in self._eos_ids:
                     finish, end = "stop", (token,)
                     break
