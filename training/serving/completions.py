@@ -17,8 +17,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from training.api_errors import APIError, error_body
+from training.api_errors import APIError, error_body, errors
 from training.serving.engine import ChatEngine, EngineError, PreparedText, Usage
+from training.serving.response_models import TemplatePrompt, TextCompletion
 from training.serving.schemas import (
     ApplyTemplateRequest,
     CompletionRequest,
@@ -36,8 +37,14 @@ def _engine(request: Request) -> ChatEngine:
     return request.app.state.engine
 
 
-@router.post("/v1/apply-template")
-@router.post("/apply-template")
+TEMPLATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": TemplatePrompt},
+    **errors(400, 404),
+}
+
+
+@router.post("/v1/apply-template", response_model=None, responses=TEMPLATE_RESPONSES)
+@router.post("/apply-template", response_model=None, responses=TEMPLATE_RESPONSES)
 async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[str, str]:
     engine = _engine(request)
     if body.model is not None:
@@ -45,10 +52,15 @@ async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[s
     return {"prompt": await engine.prompt_text(body.message_dicts())}
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={200: {"model": TextCompletion}, **errors(400, 404, 429)},
+)
 async def completions(
     body: CompletionRequest, request: Request
 ) -> dict[str, Any] | StreamingResponse:
+    body.default_tokens_within(request.app.state.settings.server.max_tokens_limit)
     if body.wanted_tokens() == 0 and not body.echo:
         raise APIError(
             400,
