@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import torch
 from server_fixtures import make_adapter, make_tiny_model, serving, write_settings
 
+from training.serving.decoding import SamplingParams, sample_token
 from training.serving.response_models import ChatCompletionChunk, TextCompletionChunk
 
 TOKEN = "schema-token"
@@ -343,3 +345,17 @@ def test_streamed_chunks_are_the_documented_models(http, path, body, chunk) -> N
     assert events[-1] == "[DONE]"
     for event in events[:-1]:
         chunk.model_validate_json(event)
+
+
+def test_a_vanishing_temperature_samples_the_likeliest_token(http) -> None:
+    """Found by bench/reliability.py: temperature and top_p of 5e-324 (valid: above 0) made the
+    sampling probabilities NaN, a 500. Now it is greedy, as the limit of sampling is."""
+    tiny = {"temperature": 5e-324, "top_p": 5e-324}
+    base = {"model": MODEL, "prompt": [0], "max_tokens": 3, "seed": 1}
+    sampled = http.post("/v1/completions", json={**base, **tiny})
+    assert sampled.status_code == 200, sampled.text
+    greedy = http.post("/v1/completions", json={**base, "temperature": 0})
+    assert sampled.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+    logits = torch.tensor([0.5, 3.0, -1.0, 3.0 - 1e-6])
+    params = SamplingParams(temperature=5e-324)
+    assert sample_token(logits, params, torch.Generator().manual_seed(0)) == 1
