@@ -1,6 +1,6 @@
-"""schemathesis against a running `fewtune serve`, driven by Hypothesis here (tests/test_api_schema_fuzz.py
-bounded, bench/reliability.py larger): every operation of the schema the server serves, valid
-and invalid requests, each answer checked by schemathesis's checks and tallied.
+"""schemathesis against a running `fewtune serve`, driven by Hypothesis here: every operation of
+the schema the server serves, valid and invalid requests, each answer checked by schemathesis's
+checks and tallied (tests/test_api_schema_fuzz.py bounded, bench/reliability.py larger).
 
 schemathesis's own pytest plugin (`schema.parametrize()`) fails under pytest 9 (it sets a
 `_nodeid` pytest's Function no longer has), so the cases are drawn from each operation's
