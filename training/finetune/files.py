@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from training.api_errors import APIError
+from training.api_errors import APIError, errors
 from training.finetune.multipart import MultipartError, parse_form
+from training.finetune.response_models import FileDeleted, FileList, FileObject
 from training.finetune.store import FineTuneStore, file_body, page_body
 from training.trainer.chat_data import DatasetError, validate_chat_jsonl
 
@@ -24,13 +25,41 @@ def store_of(request: Request) -> FineTuneStore:
     return request.app.state.finetune.store
 
 
-def check_limit(limit: int, most: int = 100) -> int:
-    if not 1 <= limit <= most:
-        raise APIError(400, f"limit must be from 1 to {most}.", code="invalid_limit")
-    return limit
+def page_limit(default: int, most: int = 100) -> Any:
+    """A list's `limit` query parameter: 1 to `most` (a 400 outside, documented in the schema)."""
+    return Query(default, ge=1, le=most)
 
 
-@router.post("")
+# The upload is read from the raw body (multipart.parse_form), so its form is documented here.
+UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": 'Chat JSONL: one {"messages": [...]} per line.',
+                        },
+                        "purpose": {"type": "string", "enum": [PURPOSE]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=None,
+    responses={200: {"model": FileObject}, **errors(400, 413)},
+    openapi_extra=UPLOAD_FORM,
+)
 async def upload_file(request: Request) -> dict[str, Any]:
     size = int(request.headers.get("content-length") or 0)
     if size > MAX_UPLOAD_BYTES:
@@ -67,14 +96,14 @@ async def upload_file(request: Request) -> dict[str, Any]:
     return file_body(row)
 
 
-@router.get("")
+@router.get("", response_model=None, responses={200: {"model": FileList}, **errors(400)})
 async def list_files(
     request: Request,
     after: str | None = None,
-    limit: int = 100,
+    limit: int = page_limit(100, 10_000),
     purpose: str | None = None,
 ) -> dict[str, Any]:
-    rows = store_of(request).list_files(after, check_limit(limit, 10_000), purpose)
+    rows = store_of(request).list_files(after, limit, purpose)
     return page_body([file_body(row) for row in rows], limit)
 
 
@@ -85,19 +114,30 @@ def get_file_row(request: Request, file_id: str) -> dict[str, Any]:
     return row
 
 
-@router.get("/{file_id}")
+@router.get(
+    "/{file_id}", response_model=None, responses={200: {"model": FileObject}, **errors(404)}
+)
 async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
     return file_body(get_file_row(request, file_id))
 
 
-@router.delete("/{file_id}")
+@router.delete(
+    "/{file_id}", response_model=None, responses={200: {"model": FileDeleted}, **errors(404)}
+)
 async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
     get_file_row(request, file_id)
     store_of(request).delete_file(file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-@router.get("/{file_id}/content")
+@router.get(
+    "/{file_id}/content",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}},
+        **errors(404),
+    },
+)
 async def file_content(request: Request, file_id: str) -> Response:
     row = get_file_row(request, file_id)
     data = await asyncio.to_thread(store_of(request).file_path(row["id"]).read_bytes)

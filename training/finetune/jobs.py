@@ -12,10 +12,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.api_errors import APIError
+from training.api_errors import APIError, errors
+from training.api_types import WholeNumber
 from training.finetune.adapters import adapter_archive, fine_tuned_model_name
-from training.finetune.files import check_limit, store_of
+from training.finetune.files import page_limit, store_of
 from training.finetune.hyperparameters import resolve_hyperparameters
+from training.finetune.response_models import CheckpointList, Job, JobEventList, JobList
 from training.finetune.store import (
     FINISHED,
     checkpoint_body,
@@ -31,7 +33,7 @@ Number = int | float | Literal["auto"]
 
 
 class HyperparametersIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     n_epochs: Number | None = None
     batch_size: Number | None = None
     learning_rate_multiplier: Number | None = None
@@ -41,12 +43,12 @@ class HyperparametersIn(BaseModel):
 
 
 class SupervisedIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     hyperparameters: HyperparametersIn | None = None
 
 
 class MethodIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["supervised"]
     supervised: SupervisedIn | None = None
 
@@ -54,16 +56,16 @@ class MethodIn(BaseModel):
 class TrainerOptions(BaseModel):
     """fewtune extension (`extra_body={"fewtune": {...}}`): trainer options a job may set."""
 
-    model_config = ConfigDict(extra="forbid")
-    checkpoint_every: int | None = Field(None, ge=0)
-    keep_checkpoints: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    eval_every: int | None = Field(None, ge=1)
-    valid_sample: int | None = Field(None, ge=1)
-    log_every: int | None = Field(None, ge=1)
-    max_seq_len: int | None = Field(None, ge=16)
-    lora_r: int | None = Field(None, ge=1, le=1024)
-    lora_alpha: int | None = Field(None, ge=1)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    checkpoint_every: WholeNumber | None = Field(None, ge=0)
+    keep_checkpoints: WholeNumber | None = Field(None, ge=1)
+    max_steps: WholeNumber | None = Field(None, ge=1)
+    eval_every: WholeNumber | None = Field(None, ge=1)
+    valid_sample: WholeNumber | None = Field(None, ge=1)
+    log_every: WholeNumber | None = Field(None, ge=1)
+    max_seq_len: WholeNumber | None = Field(None, ge=16)
+    lora_r: WholeNumber | None = Field(None, ge=1, le=1024)
+    lora_alpha: WholeNumber | None = Field(None, ge=1)
     lora_dropout: float | None = Field(None, ge=0, lt=1)
     warmup: float | None = Field(None, ge=0)
     weight_decay: float | None = Field(None, ge=0)
@@ -71,12 +73,12 @@ class TrainerOptions(BaseModel):
 
 
 class CreateJob(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str
     training_file: str
     validation_file: str | None = None
     suffix: str | None = None
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    seed: WholeNumber | None = Field(None, ge=0, le=2**31 - 1)
     hyperparameters: HyperparametersIn | None = None
     method: MethodIn | None = None
     metadata: dict[str, str] | None = None
@@ -122,7 +124,7 @@ def _training_file(request: Request, file_id: str | None, param: str) -> dict[st
     return row
 
 
-@router.post("")
+@router.post("", response_model=None, responses={200: {"model": Job}, **errors(400, 404)})
 async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
     if not engine.is_base(body.model):
@@ -170,18 +172,22 @@ async def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
     return job_body(row)
 
 
-@router.get("")
-async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
-    rows = store_of(request).list_jobs(after, check_limit(limit))
+@router.get("", response_model=None, responses={200: {"model": JobList}, **errors(400)})
+async def list_jobs(
+    request: Request, after: str | None = None, limit: int = page_limit(20)
+) -> dict[str, Any]:
+    rows = store_of(request).list_jobs(after, limit)
     return page_body([job_body(row) for row in rows], limit)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=None, responses={200: {"model": Job}, **errors(404)})
 async def retrieve_job(request: Request, job_id: str) -> dict[str, Any]:
     return job_body(_job_row(request, job_id))
 
 
-@router.post("/{job_id}/cancel")
+@router.post(
+    "/{job_id}/cancel", response_model=None, responses={200: {"model": Job}, **errors(400, 404)}
+)
 async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     row = _job_row(request, job_id)
     if row["status"] in ("succeeded", "failed"):
@@ -204,26 +210,41 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     return job_body(_job_row(request, job_id))
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_model=None,
+    responses={200: {"model": JobEventList}, **errors(400, 404)},
+)
 async def list_events(
-    request: Request, job_id: str, after: str | None = None, limit: int = 20
+    request: Request, job_id: str, after: str | None = None, limit: int = page_limit(20, 10_000)
 ) -> dict[str, Any]:
     _job_row(request, job_id)
-    rows = store_of(request).list_events(job_id, after, check_limit(limit, 10_000))
+    rows = store_of(request).list_events(job_id, after, limit)
     return page_body([event_body(row) for row in rows], limit)
 
 
-@router.get("/{job_id}/checkpoints")
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=None,
+    responses={200: {"model": CheckpointList}, **errors(400, 404)},
+)
 async def list_checkpoints(
-    request: Request, job_id: str, after: str | None = None, limit: int = 10
+    request: Request, job_id: str, after: str | None = None, limit: int = page_limit(10)
 ) -> dict[str, Any]:
     job = _job_row(request, job_id)
     name = fine_tuned_model_name(job["model"], job["suffix"], job_id) or job_id
-    rows = store_of(request).list_checkpoints(job_id, after, check_limit(limit))
+    rows = store_of(request).list_checkpoints(job_id, after, limit)
     return page_body([checkpoint_body(row, name) for row in rows], limit)
 
 
-@router.get("/{job_id}/adapter")
+@router.get(
+    "/{job_id}/adapter",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+        **errors(400, 404),
+    },
+)
 async def download_adapter(request: Request, job_id: str) -> Response:
     """fewtune extension: the job's LoRA adapter (PEFT folder) as a .tar.gz."""
     job = _job_row(request, job_id)

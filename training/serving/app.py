@@ -25,6 +25,7 @@ from training.serving.chat import router as chat_router
 from training.serving.completions import router as completions_router
 from training.serving.engine import ChatEngine, EngineError
 from training.serving.listening import ClientGone
+from training.serving.openapi import attach_schema, documented_methods
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON."
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    location, *rest = first.get("loc", ("body",)) or ("body",)
+    where = ".".join(str(part) for part in rest)
     message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    if location == "query":
+        return f"Invalid query parameter {where}: {message}."
     return f"Invalid request body: {where or 'body'}: {message}."
 
 
@@ -100,7 +104,7 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
         dependencies=[Depends(require_token)],
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url=None,  # served by attach_schema instead, behind the token
     )
     app.state.settings = settings
     app.state.token = token
@@ -138,12 +142,16 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404:
             message = f"No route {request.method} {request.url.path} on this server."
-        allow = (exc.headers or {}).get("Allow")
-        if exc.status_code == 405 and allow:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names the first matching route's methods only (POST for
+            # /v1/files, which GET lists too): add every method the schema has for the path.
+            first = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
+            methods = first | documented_methods(request.app, request.url.path)
+            headers["Allow"] = allow = ", ".join(sorted(methods))
             message = f"{request.url.path} answers {allow}, not {request.method}."
         response = error_response(exc.status_code, message, code=None)
-        if exc.headers:  # a 405's Allow header names the methods the path answers
-            response.headers.update(exc.headers)
+        response.headers.update(headers)
         return response
 
     @app.exception_handler(Exception)
@@ -154,6 +162,7 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
     app.include_router(chat_router)
     app.include_router(completions_router)
     attach_finetuning(app, settings)  # /v1/files, /v1/fine_tuning/jobs and the job worker
+    attach_schema(app)  # GET /openapi.json, behind the token
     app.state.activity = None
     return app
 

@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from training.api_errors import APIError, error_body
+from training.api_errors import APIError, error_body, errors
 from training.serving.admission import Admission
 from training.serving.engine import ChatEngine, EngineError, PreparedChat
 from training.serving.listening import EventStream, while_listening
+from training.serving.response_models import ChatCompletion, Model, ModelList
 from training.serving.schemas import (
     ChatCompletionRequest,
     chunk_body,
@@ -36,7 +37,7 @@ def _admission(request: Request) -> Admission:
     return request.app.state.admission
 
 
-@router.get("/models")
+@router.get("/models", response_model=None, responses={200: {"model": ModelList}})
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.started
     return {
@@ -45,12 +46,18 @@ async def list_models(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{model_id:path}")
+@router.get(
+    "/models/{model_id:path}", response_model=None, responses={200: {"model": Model}, **errors(404)}
+)
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return model_body(_engine(request).resolve(model_id), request.app.state.started)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletion}, **errors(400, 404, 429)},
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> dict[str, Any] | EventStream:

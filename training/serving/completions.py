@@ -17,10 +17,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from training.api_errors import APIError, error_body
+from training.api_errors import APIError, error_body, errors
 from training.serving.admission import Admission
 from training.serving.engine import ChatEngine, EngineError, PreparedText, Usage
 from training.serving.listening import EventStream, while_listening
+from training.serving.response_models import TemplatePrompt, TextCompletion
 from training.serving.schemas import (
     ApplyTemplateRequest,
     CompletionRequest,
@@ -42,8 +43,14 @@ def _admission(request: Request) -> Admission:
     return request.app.state.admission
 
 
-@router.post("/v1/apply-template")
-@router.post("/apply-template")
+TEMPLATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": TemplatePrompt},
+    **errors(400, 404),
+}
+
+
+@router.post("/v1/apply-template", response_model=None, responses=TEMPLATE_RESPONSES)
+@router.post("/apply-template", response_model=None, responses=TEMPLATE_RESPONSES)
 async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[str, str]:
     engine = _engine(request)
     if body.model is not None:
@@ -56,8 +63,13 @@ async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[s
     return await while_listening(request, template())
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={200: {"model": TextCompletion}, **errors(400, 404, 429)},
+)
 async def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | EventStream:
+    body.default_tokens_within(request.app.state.settings.server.max_tokens_limit)
     if body.wanted_tokens() == 0 and not body.echo:
         raise APIError(
             400,

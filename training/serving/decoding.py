@@ -31,7 +31,10 @@ def sample_token(
     """One token id from the last position's logits (shape [vocab])."""
     if params.temperature <= 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    # Shifted so the largest logit is 0 and divided in float64: a tiny temperature (5e-324, found
+    # by the schema fuzz) is 0 in float32, and 0/0 made the probabilities NaN (a 500).
+    shifted = logits.double() - logits.max().double()
+    probs = torch.softmax(shifted / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         # Keep the smallest set of tokens whose probability reaches top_p (always at least one).

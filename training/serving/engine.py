@@ -177,6 +177,11 @@ class ChatEngine:
     def loaded(self) -> bool:
         return self._model is not None
 
+    @property
+    def vocabulary_size(self) -> int:
+        """A prompt's token ids are 0 to this minus 1 (scoring.prompt_tokens); 0 until loaded."""
+        return len(self._tokenizer) if self._tokenizer is not None else 0
+
     def _mark_thread(self) -> None:
         self._generation_thread = threading.get_ident()
 

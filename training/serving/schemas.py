@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from training.api_types import WholeNumber
 from training.serving.engine import ChatResult, Sampling, Usage
 
 MAX_PROMPTS = 256  # prompts in one /v1/completions request
@@ -37,31 +38,43 @@ Text = Annotated[str, AfterValidator(check_text)]
 UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "response_format")
 
 
+# What each of them may be without asking for anything, as the OpenAPI schema says it.
+ASKS_NOTHING: dict[str, Any] = {
+    "anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}, {"const": "none"}]
+}
+TEXT_FORMAT: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]},
+    ]
+}
+
+
 def unsupported_chat_parameter(body: BaseModel) -> str | None:
     """The sentence refusing the first parameter of UNSUPPORTED_CHAT that asks for something."""
     for name in UNSUPPORTED_CHAT:
         value = getattr(body, name)
-        if value is None or value == [] or value == "none":
-            continue
         if name == "response_format":
-            if isinstance(value, dict) and value.get("type") == "text":
+            if value is None or (isinstance(value, dict) and value.get("type") == "text"):
                 continue
             return (
                 'fewtune serve does not support response_format other than {"type": "text"} '
                 "yet (no JSON mode): leave it out and ask for JSON in the messages."
             )
+        if value is None or value == [] or value == "none":
+            continue
         return f"fewtune serve does not support {name} yet (no tool calls): leave it out."
     return None
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text"]
     text: Text
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
 
@@ -76,22 +89,36 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
+
+
+def _null_or(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [{"type": "null"}, schema]}
+
+
+# A text or at most 4 (checked by SamplingRequest._few_stops, so its message stays ours).
+STOP_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+        {"type": "null"},
+    ]
+}
 
 
 class SamplingRequest(BaseModel):
     """What chat and completions requests share: the model, the sampling options and their
     checks (one choice, at most 4 stop sequences)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
-    n: int = 1
+    stop: Text | list[Text] | None = Field(default=None, json_schema_extra=STOP_SCHEMA)
+    seed: WholeNumber | None = Field(default=None, ge=SEED_LOW, le=SEED_HIGH)
+    n: WholeNumber = Field(default=1, json_schema_extra={"enum": [1]})
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -122,13 +149,13 @@ class SamplingRequest(BaseModel):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
+    max_tokens: WholeNumber | None = Field(default=None, ge=1)
+    max_completion_tokens: WholeNumber | None = Field(default=None, ge=1)
+    tools: Any = Field(default=None, json_schema_extra=ASKS_NOTHING)
+    tool_choice: Any = Field(default=None, json_schema_extra=ASKS_NOTHING)
+    functions: Any = Field(default=None, json_schema_extra=ASKS_NOTHING)
+    function_call: Any = Field(default=None, json_schema_extra=ASKS_NOTHING)
+    response_format: Any = Field(default=None, json_schema_extra=TEXT_FORMAT)
 
     def sampling(self) -> Sampling:
         return self._sampling(self.max_completion_tokens or self.max_tokens)
@@ -195,24 +222,77 @@ def model_body(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "fewtune"}
 
 
+# The completions route's own refusals, said in the schema: max_tokens 0 only with echo (to
+# score the prompt), and no logprobs with stream.
+COMPLETION_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "not": {
+                "required": ["max_tokens"],
+                "properties": {"max_tokens": {"const": 0}, "echo": {"const": False}},
+            }
+        },
+        {
+            "not": {
+                "required": ["stream", "logprobs"],
+                "properties": {"stream": {"const": True}, "logprobs": {"type": "integer"}},
+            }
+        },
+    ]
+}
+
+
+# Token ids' upper bound is the model's vocabulary, added to the served schema once it is loaded.
+TOKEN_ID = {"type": "integer", "minimum": 0}
+PROMPT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": MAX_PROMPTS,
+        },
+        {"type": "array", "items": TOKEN_ID, "minItems": 1},
+        {
+            "type": "array",
+            "items": {"type": "array", "items": TOKEN_ID, "minItems": 1},
+            "minItems": 1,
+            "maxItems": MAX_PROMPTS,
+        },
+    ]
+}
+
+
 class CompletionRequest(SamplingRequest):
     """The legacy `/v1/completions` body. Penalties and `user` are ignored as in chat; options
     that would change what a score means (best_of, suffix, logit_bias) are refused."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=0)
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=COMPLETION_RULES)
+
+    prompt: str | list[str] | list[WholeNumber] | list[list[WholeNumber]] = Field(
+        json_schema_extra=PROMPT_SCHEMA
+    )
+    max_tokens: WholeNumber | None = Field(
+        default=16, ge=0, description="16, or [server] max_tokens_limit where that is lower."
+    )
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=5)
-    best_of: int | None = None
-    suffix: str | None = None
-    logit_bias: dict[str, float] | None = None
+    logprobs: WholeNumber | None = Field(default=None, ge=0, le=5)
+    # Accepted only where they change nothing (the validators below), as the schema says.
+    best_of: WholeNumber | None = Field(default=None, json_schema_extra=_null_or({"const": 1}))
+    suffix: str | None = Field(default=None, json_schema_extra=_null_or({"const": ""}))
+    logit_bias: dict[str, float] | None = Field(
+        default=None, json_schema_extra=_null_or({"type": "object", "maxProperties": 0})
+    )
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_shape(cls, value: Any) -> Any:
         def ids(item: Any) -> bool:
             return isinstance(item, list) and all(
-                isinstance(i, int) and not isinstance(i, bool) for i in item
+                (isinstance(i, int) and not isinstance(i, bool))
+                or (isinstance(i, float) and i.is_integer())
+                for i in item
             )
 
         if isinstance(value, str) or ids(value):
@@ -268,6 +348,12 @@ class CompletionRequest(SamplingRequest):
             return [[int(item) for item in self.prompt]]  # type: ignore[arg-type]
         return list(self.prompt)  # type: ignore[arg-type]
 
+    def default_tokens_within(self, limit: int) -> None:
+        """Without max_tokens, the default 16 is lowered to the server's `max_tokens_limit` (as
+        chat's 512 is), so a request that asks for no length is never refused for its length."""
+        if "max_tokens" not in self.model_fields_set or self.max_tokens is None:
+            self.max_tokens = min(16, limit)
+
     def wanted_tokens(self) -> int:
         return 16 if self.max_tokens is None else self.max_tokens
 
@@ -278,7 +364,7 @@ class CompletionRequest(SamplingRequest):
 class ApplyTemplateRequest(BaseModel):
     """`/v1/apply-template` (llama.cpp's `/apply-template`): the prompt chat would build."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=256)
