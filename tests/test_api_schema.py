@@ -138,7 +138,7 @@ def too_large_upload(http: httpx.Client) -> int:
 
 def requests_for(ids: dict[str, str]) -> dict[tuple[str, str, int], dict[str, Any]]:
     """One request per documented (method, path, status) but 401 (every route, below) and 429
-    (the `[server] max_waiting` admission lands separately)."""
+    (a full queue: tests/test_server_cancel.py reaches it and checks it against this schema)."""
     chat = {"model": MODEL, "messages": HELLO, "max_tokens": 2}
     text = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
     file, job = f"/v1/files/{ids['file']}", f"/v1/fine_tuning/jobs/{ids['queued']}"
@@ -258,11 +258,16 @@ def test_every_documented_status_is_reachable(schema, http, resources) -> None:
         assert no_token.status_code == 401, (method, path)
 
 
-def test_429_is_documented_on_the_generation_routes(schema) -> None:
+def test_429_is_documented_on_the_routes_that_wait_for_the_engine(schema) -> None:
     with_429 = {
         (m, p) for m, p in operations(schema) if "429" in schema["paths"][p][m.lower()]["responses"]
     }
-    assert with_429 == {("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+    assert with_429 == {
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/apply-template"),
+        ("POST", "/apply-template"),
+    }
     headers = schema["paths"]["/v1/completions"]["post"]["responses"]["429"]["headers"]
     assert "Retry-After" in headers
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from discord_fake.world import create_assistant, wait_answer
@@ -175,6 +176,28 @@ def test_past_the_queue_a_429_with_retry_after_and_a_bounded_wait(served, engine
             error = refused.json()["error"]
             assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
             assert "max_waiting" in error["message"] and "\n" not in error["message"]
+            # As the served schema says, for every route that waits for the engine.
+            root = base_url.removesuffix("/v1")
+            with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                schema = http.get(f"{root}/openapi.json").json()
+                answers = {
+                    path: http.post(f"{root}{path}", json=body)
+                    for path, body in (
+                        ("/v1/chat/completions", LONG),
+                        (
+                            "/v1/completions",
+                            {"model": "tiny-llama", "prompt": "hi", "max_tokens": 2},
+                        ),
+                        ("/v1/apply-template", {"messages": HELLO}),
+                    )
+                }
+            for path, answer in answers.items():
+                documented = schema["paths"][path]["post"]["responses"]["429"]
+                assert answer.status_code == 429 and "Retry-After" in documented["headers"]
+                body_schema = documented["content"]["application/json"]["schema"]
+                jsonschema.validate(
+                    answer.json(), {**body_schema, "components": schema["components"]}
+                )
             # What an openai client's user sees, streamed or not.
             with pytest.raises(openai.RateLimitError):
                 client.chat.completions.create(**LONG, stream=True)

@@ -45,7 +45,7 @@ def _admission(request: Request) -> Admission:
 
 TEMPLATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": TemplatePrompt},
-    **errors(400, 404),
+    **errors(400, 404, 429),  # the template is made on the engine's thread: it waits its turn
 }
 
 
