@@ -16,6 +16,7 @@ from assistants.errors import (
     ProviderError,
 )
 from assistants.examples import Example, ImportResult
+from assistants.knowledge.context import Source, sources_line
 from assistants.origin import NoAssistant, Origin
 
 __all__ = [
@@ -37,4 +38,6 @@ __all__ = [
     "PermissionDenied",
     "ProviderError",
     "Reply",
+    "Source",
+    "sources_line",
 ]

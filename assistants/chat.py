@@ -28,6 +28,7 @@ from assistants.errors import (
     ProviderError,
 )
 from assistants.examples import Example, Examples
+from assistants.knowledge.context import Source, knowledge_for
 from assistants.origin import NoAssistant, Origin
 from assistants.prompt import PromptTooLong, build_prompt, last_turns
 from assistants.providers import ModelRef, Providers
@@ -70,6 +71,7 @@ class Reply:
     latency_ms: float = 0.0
     overhead_ms: float = 0.0  # the core's own time: store, embed, select, build, record
     error: str | None = None  # the provider failed: its sentence; `text` is what came before
+    sources: list[Source] = field(default_factory=list)  # knowledge in the prompt, [1] first
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Composed:
     examples: list[Example]
     scores: list[float | None]
     trimmed: dict[str, int]
+    sources: list[Source] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Prepared:
     examples: list[Example]
     scores: list[float | None]
     trimmed: dict[str, int]
+    sources: list[Source] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,10 @@ class Chat:
         providers: Providers,
         lock: threading.RLock,
         executor: Executor | None = None,
+        knowledge_index: Callable[[], ExampleIndex] | None = None,
     ) -> None:
         self.executor = executor
+        self._knowledge_index = knowledge_index
         self.db = db
         self.settings = settings
         self.assistants = assistants
@@ -477,6 +483,7 @@ class Chat:
             examples=composed.examples,
             scores=composed.scores,
             trimmed=composed.trimmed,
+            sources=composed.sources,
         )
 
     def compose(
@@ -488,16 +495,19 @@ class Chat:
         seed: int = 0,
         k: int | None = None,
         exclude: frozenset[int] = frozenset(),
+        chunk_ids: list[int] | None = None,
     ) -> Composed:
-        """Select examples and build the prompt for one message; stores nothing. `k` overrides
-        the assistant's (evaluation compares with and without examples). Of `history` only the
-        assistant's last `history` exchanges go in, then the budget trims what does not fit."""
+        """Select examples and knowledge and build the prompt for one message; stores nothing.
+        `k` overrides the assistant's (evaluation compares with and without examples).
+        `chunk_ids` are the knowledge a stored reply was answered with, used instead of a search
+        (a training chat rebuilt as served). Of `history` only the assistant's last `history`
+        exchanges go in, then the budget trims what does not fit."""
         k = assistant.k if k is None else k
         selected_ids: list[int] = []
         scores: list[float | None] = []
+        query = None
         if k > 0:
             index = self._index()
-            query = None
             all_ids = None
             if assistant.selector in NEEDS_QUERY:
                 query = index.embedder.embed_one(text)
@@ -516,6 +526,19 @@ class Chat:
                 inputs=functools.partial(self.examples.inputs, assistant.id),
             )
             selected_ids, scores = chosen.ids, chosen.scores
+        passages = (
+            knowledge_for(
+                self.db,
+                self._knowledge_index,
+                self.settings.knowledge,
+                assistant.id,
+                text,
+                query=query,
+                chunk_ids=chunk_ids,
+            )
+            if self._knowledge_index is not None
+            else []
+        )
         examples = self.examples.by_ids(assistant.id, selected_ids)
         score_of = dict(zip(selected_ids, scores, strict=True))
         reply_tokens = assistant.max_tokens or self.settings.chat.reply_tokens
@@ -528,6 +551,7 @@ class Chat:
                 text,
                 budget,
                 layout=assistant.layout,
+                knowledge=[(p.chunk_id, p.label, p.text) for p in passages],
             )
         except PromptTooLong as exc:
             raise InvalidInput(
@@ -540,6 +564,10 @@ class Chat:
             examples=[kept[i] for i in prompt.example_ids],
             scores=[score_of.get(i) for i in prompt.example_ids],
             trimmed=prompt.trimmed,
+            sources=[
+                Source.of(n, p)
+                for n, p in enumerate(passages[: len(prompt.knowledge_ids)], start=1)
+            ],
         )
 
     def record(self, prepared: Prepared, actor: Actor, fields: dict[str, Any]) -> int:
@@ -555,6 +583,10 @@ class Chat:
                 ]
             ),
             "trimmed": json.dumps(prepared.trimmed) if prepared.trimmed else None,
+            # As examples_used; NULL only on replies stored before knowledge existed.
+            "knowledge_used": json.dumps(
+                [{"id": s.chunk_id, "score": s.score} for s in prepared.sources]
+            ),
             "created_at": now(),
             **fields,
         }
@@ -643,6 +675,7 @@ class Chat:
             latency_ms=latency,
             overhead_ms=overhead * 1000,
             error=error,
+            sources=prepared.sources,
         )
 
     async def reply(

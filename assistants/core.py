@@ -83,6 +83,7 @@ class Core:
             self.providers,
             self.lock,
             self.executor,
+            knowledge_index=self.knowledge_index,
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)

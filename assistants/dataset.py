@@ -19,6 +19,10 @@ Rules, each counted in the stats (`fewtune dataset stats NAME`):
   sharing a question/answer pair with it, nor a held-out example (the evaluation's pool is the
   same). The split, the duplicates and the length rule read the chat's own turns, so the setting
   changes the prompts and never which chats there are.
+- Knowledge, as served: a chat from a conversation keeps in its prompt the knowledge chunks its
+  last answer was given (their ids are stored with the reply; a chunk since removed is left
+  out), so the model learns to answer from them; a chat from an example gets what the knowledge
+  search finds for it, as a new message would.
 
 Pure Python on purpose (no torch): the bot and the CLI build datasets without a model.
 """
@@ -44,8 +48,9 @@ if TYPE_CHECKING:
 HELD_OUT_FRACTION = 0.1
 MAX_CHAT_TOKENS = 2048  # estimated; a longer chat is dropped rather than cut mid-turn
 
-# The prompt serving builds for a message: (history, message, examples to leave out, seed).
-Serve = Callable[[list[dict[str, str]], str, frozenset[int], int], "Composed"]
+# The prompt serving builds for a message: (history, message, examples to leave out, seed, the
+# knowledge chunks it was answered with: None to search as serving does).
+Serve = Callable[[list[dict[str, str]], str, frozenset[int], int, "list[int] | None"], "Composed"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,8 @@ def build_dataset(
     """Collect, filter and split an assistant's training chats; with `serve` (the assistant's
     `Chat.compose`), each carries the examples it would be served with."""
     removed: Counter[str] = Counter()
-    chats: list[tuple[str, int, int, list[dict[str, Any]]]] = []  # (origin, id, seed, messages)
+    # (origin, id, seed, messages, knowledge chunk ids of the last answer or None)
+    chats: list[tuple[str, int, int, list[dict[str, Any]], list[int] | None]] = []
     system = {"role": "system", "content": instructions}
     same_turns: defaultdict[str, set[int]] = defaultdict(set)  # fingerprint -> example ids
 
@@ -121,7 +127,7 @@ def build_dataset(
         )
         for key in _keys(turns):
             same_turns[key].add(row["id"])
-        chats.append(("example", row["id"], row["id"], [system, *turns]))
+        chats.append(("example", row["id"], row["id"], [system, *turns], None))
 
     opted_out = {
         r[0] for r in db.execute("SELECT user_id FROM user_preferences WHERE opted_out = 1")
@@ -134,17 +140,23 @@ def build_dataset(
         if conversation["user_id"] in opted_out:
             removed["opted_out"] += 1
             continue
-        messages = _conversation_messages(db, conversation["id"], removed)
+        messages, chunk_ids = _conversation_messages(db, conversation["id"], removed)
         if messages:
             chats.append(
-                ("conversation", conversation["id"], conversation["seed"], [system, *messages])
+                (
+                    "conversation",
+                    conversation["id"],
+                    conversation["seed"],
+                    [system, *messages],
+                    chunk_ids,
+                )
             )
 
     dataset = Dataset()
     seen: set[str] = set()
-    kept: list[tuple[str, int, list[dict[str, Any]]]] = []  # (split, seed, messages)
+    kept: list[tuple[str, int, list[dict[str, Any]], list[int] | None]] = []
     origins = Counter[str]()
-    for origin, origin_id, seed, messages in chats:
+    for origin, origin_id, seed, messages, chunk_ids in chats:
         if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
             removed["nothing_to_learn"] += 1
             continue
@@ -159,12 +171,12 @@ def build_dataset(
         split = "held_out" if is_held_out(fingerprint, held_out_fraction) else "train"
         if split == "held_out" and origin == "example":
             dataset.held_out_example_ids.add(origin_id)
-        kept.append((split, seed, messages))
+        kept.append((split, seed, messages, chunk_ids))
         origins[origin] += 1
 
     tokens = Counter[str]()
     with_examples = 0
-    for split, seed, messages in kept:
+    for split, seed, messages, chunk_ids in kept:
         # Leave one out: never the chat's own example, nor one sharing its turns or a pair.
         exclude = frozenset(dataset.held_out_example_ids).union(
             *(same_turns.get(key, ()) for key in _keys(messages))
@@ -174,7 +186,7 @@ def build_dataset(
             if item is not None:
                 dataset.held_out_items.append(item)
         if serve is not None:
-            served = _as_served(messages, serve, exclude, seed, max_tokens)
+            served = _as_served(messages, serve, exclude, seed, max_tokens, chunk_ids)
             with_examples += served is not messages
             messages = served
         (dataset.held_out if split == "held_out" else dataset.train).append({"messages": messages})
@@ -225,9 +237,10 @@ def _as_served(
     exclude: frozenset[int],
     seed: int,
     max_tokens: int,
+    chunk_ids: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The chat with its last question in the prompt serving builds for it (the same list back
-    when no example is in it, or when with them it would pass the length limit: a long answer
+    when neither an example nor knowledge is in it, or when with them it would pass the length limit: a long answer
     the prompt budget did not reckon with). Example turns get weight 0; the chat's own turns
     keep theirs."""
     last = _last_answer(messages)
@@ -236,10 +249,10 @@ def _as_served(
     own = messages[1 : last - 1]  # the history, as stored (with its weights)
     history = [{"role": m["role"], "content": m["content"]} for m in own]
     try:
-        composed = serve(history, messages[last - 1]["content"], exclude, seed)
+        composed = serve(history, messages[last - 1]["content"], exclude, seed, chunk_ids)
     except InvalidInput:
         return messages  # the message alone overflows the prompt budget: it stays as it is
-    if not composed.examples:
+    if not composed.examples and not composed.sources:
         return messages
     # The prompt ends with the history serving kept and the question; before them, the context.
     # The question is the prompt's (the `pairs` layout puts the examples in it).
@@ -256,10 +269,13 @@ def _as_served(
 
 def _conversation_messages(
     db: Database, conversation_id: int, removed: Counter[str]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """The conversation's turns to learn from, and the knowledge chunk ids its last kept answer
+    was given (None when stored before knowledge was recorded)."""
     rows = list(
         db.query(
-            "SELECT id, role, content, status FROM messages WHERE conversation_id = ? ORDER BY id",
+            "SELECT id, role, content, status, knowledge_used FROM messages "
+            "WHERE conversation_id = ? ORDER BY id",
             [conversation_id],
         )
     )
@@ -277,6 +293,7 @@ def _conversation_messages(
         if f["correction"]:
             entry["correction"] = f["correction"]  # the latest correction wins
     messages: list[dict[str, Any]] = []
+    chunk_ids: list[int] | None = None
     pending_user: dict[str, Any] | None = None
     for row in rows:
         if row["status"] != "ok":
@@ -304,5 +321,7 @@ def _conversation_messages(
             pending_user = None
             continue
         messages.extend([pending_user, turn])
+        used = row["knowledge_used"]
+        chunk_ids = [c["id"] for c in json.loads(used)] if used is not None else None
         pending_user = None
-    return messages
+    return messages, chunk_ids

@@ -157,9 +157,15 @@ class Promotions:
             with_examples = self.chat.settings.promotion.train_with_examples
 
         def serve(
-            history: list[dict[str, str]], text: str, exclude: frozenset[int], seed: int
+            history: list[dict[str, str]],
+            text: str,
+            exclude: frozenset[int],
+            seed: int,
+            chunk_ids: list[int] | None,
         ) -> Composed:
-            return self.chat.compose(assistant, history, text, seed=seed, exclude=exclude)
+            return self.chat.compose(
+                assistant, history, text, seed=seed, exclude=exclude, chunk_ids=chunk_ids
+            )
 
         data = build_dataset(
             self.db, assistant.id, assistant.instructions, serve=serve if with_examples else None

@@ -1,6 +1,8 @@
-"""The prompt: system = instructions; the selected examples in the assistant's layout; the
+"""The prompt: system = instructions (then the knowledge passages, numbered [1], [2] … with
+their sources, and a request to cite them); the selected examples in the assistant's layout; the
 conversation's history; the new message. A token budget trims history first (oldest turns
-first), then examples (least relevant first), and says what it dropped.
+first), then examples (least relevant first), then knowledge (least relevant first), and says
+what it dropped. Without knowledge the prompt is what it was before knowledge existed.
 
 Layouts (the assistant's `layout` setting; measured in docs/benchmarks.md):
 - `turns`: each example as its own user/assistant turns, before the history.
@@ -18,12 +20,17 @@ one token), so the budget errs on the safe side. The provider's own counts are s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 PER_MESSAGE = 4
 LAYOUTS = ("turns", "system", "pairs")
 EXAMPLES_HEADER = "\n\nExamples:\n"  # after the instructions, in the `system` layout
 BETWEEN = "\n\n"  # between two examples in one block
+KNOWLEDGE_HEADER = (
+    "\n\nAnswer from these sources where they help, and cite each one you use by its "
+    "number, like [1]:\n"
+)
 
 
 def text_tokens(text: str) -> int:
@@ -49,12 +56,26 @@ def pairs_question(message: str) -> str:
     return f"Input: {message}\nOutput:"
 
 
+def source_block(number: int, label: str, text: str) -> str:
+    """One knowledge passage as the system message quotes it: its marker and source, its text."""
+    return f"[{number}] {label}\n{text}"
+
+
+def with_knowledge(instructions: str, knowledge: list[tuple[str, str]]) -> str:
+    """The instructions followed by the passages (label, text), numbered from 1 in that order."""
+    if not knowledge:
+        return instructions
+    blocks = (source_block(n, label, text) for n, (label, text) in enumerate(knowledge, 1))
+    return instructions + KNOWLEDGE_HEADER + BETWEEN.join(blocks)
+
+
 @dataclass
 class Prompt:
     messages: list[dict[str, str]]
     example_ids: list[int]
     estimated_tokens: int
-    trimmed: dict[str, int] = field(default_factory=dict)  # history_messages, examples dropped
+    trimmed: dict[str, int] = field(default_factory=dict)  # history_messages, examples, knowledge
+    knowledge_ids: list[int] = field(default_factory=list)  # kept, in marker order ([1] first)
 
 
 class PromptTooLong(ValueError):
@@ -129,12 +150,15 @@ def build_prompt(
     *,
     layout: str = "turns",
     best_first: bool = False,
+    knowledge: Sequence[tuple[int, str, str]] = (),
 ) -> Prompt:
     """Assemble the messages within `budget` estimated tokens.
 
     `examples` are (id, turns) best first; in the prompt the best comes last, nearest the
     message, where a small model attends to it most (`best_first` turns that round, to measure
-    it). `history` is oldest first. `layout` is one of LAYOUTS.
+    it). `history` is oldest first. `layout` is one of LAYOUTS. `knowledge` are passages
+    (id, label, text) best first, numbered in that order; the budget drops the last first, so a
+    kept passage keeps its number.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}")
@@ -146,11 +170,21 @@ def build_prompt(
     history_costs = [estimate_tokens(m["content"]) for m in history]
     kept_examples = len(examples)
     kept_history_from = 0
+    knowledge_costs = [
+        text_tokens(source_block(n, label, text) + BETWEEN)
+        for n, (_, label, text) in enumerate(knowledge, 1)
+    ]
+    kept_knowledge = len(knowledge)
+
+    def knowledge_cost(kept: int) -> int:
+        return sum(knowledge_costs[:kept]) + (text_tokens(KNOWLEDGE_HEADER) if kept else 0)
 
     def examples_cost(kept: int) -> int:
         return sum(example_costs[:kept]) + (overhead if kept else 0)
 
-    total = fixed + examples_cost(kept_examples) + sum(history_costs)
+    total = (
+        fixed + examples_cost(kept_examples) + sum(history_costs) + knowledge_cost(kept_knowledge)
+    )
     # Drop history from the oldest end, keeping turns in user/assistant pairs where possible.
     while total > budget and kept_history_from < len(history):
         total -= history_costs[kept_history_from]
@@ -162,10 +196,14 @@ def build_prompt(
     while total > budget and kept_examples > 0:
         total -= examples_cost(kept_examples) - examples_cost(kept_examples - 1)
         kept_examples -= 1
+    while total > budget and kept_knowledge > 0:
+        total -= knowledge_cost(kept_knowledge) - knowledge_cost(kept_knowledge - 1)
+        kept_knowledge -= 1
+    quoted = [(label, text) for _, label, text in knowledge[:kept_knowledge]]
     chosen = [turns for _, turns in examples[:kept_examples]]
     messages = _layout(
         layout,
-        instructions,
+        with_knowledge(instructions, quoted),
         chosen if best_first else chosen[::-1],
         history[kept_history_from:],
         message,
@@ -175,9 +213,12 @@ def build_prompt(
         trimmed["history_messages"] = kept_history_from
     if kept_examples < len(examples):
         trimmed["examples"] = len(examples) - kept_examples
+    if kept_knowledge < len(knowledge):
+        trimmed["knowledge"] = len(knowledge) - kept_knowledge
     return Prompt(
         messages=messages,
         example_ids=[i for i, _ in examples[:kept_examples]],
         estimated_tokens=messages_tokens(messages),
         trimmed=trimmed,
+        knowledge_ids=[i for i, _, _ in knowledge[:kept_knowledge]],
     )

@@ -21,7 +21,7 @@ from typer._click import exceptions as usage
 from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
-from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError
+from assistants import TERMINAL, Core, FewtuneError, Origin, ProviderError, Source, sources_line
 from assistants.assistant import DEFAULT_LAYOUT
 from assistants.demo import TWIN_NAME
 from assistants.promotion import Step
@@ -587,6 +587,17 @@ def knowledge_search(
 # -- chatting --------------------------------------------------------------------------------
 
 
+def source_dict(source: Source) -> dict[str, Any]:
+    return {
+        "number": source.number,
+        "file": source.file,
+        "location": source.location,
+        "file_id": source.file_id,
+        "chunk_id": source.chunk_id,
+        "score": source.score,
+    }
+
+
 def reply_dict(reply) -> dict[str, Any]:
     return {
         "reply": reply.text,
@@ -595,6 +606,7 @@ def reply_dict(reply) -> dict[str, Any]:
         "conversation_id": reply.conversation_id,
         "message_id": reply.message_id,
         "trimmed": reply.trimmed,
+        "sources": [source_dict(source) for source in reply.sources],
         "usage": {
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens,
@@ -627,6 +639,8 @@ def ask(
         emit_json(reply_dict(reply))
     else:
         typer.echo(reply.text)
+        if reply.sources:
+            typer.secho(sources_line(reply.sources), dim=True)
 
 
 async def _chat_loop(core: Core, name: str) -> None:
@@ -676,6 +690,8 @@ async def _chat_loop(core: Core, name: str) -> None:
         used = ", ".join(f"#{e.id} {e.input[:30]!r}" for e in reply.examples) or "none"
         trimmed = f" [trimmed: {reply.trimmed}]" if reply.trimmed else ""
         typer.secho(f"  [examples: {used}]{trimmed}", dim=True)
+        if reply.sources:
+            typer.secho(f"  {sources_line(reply.sources)}", dim=True)
 
 
 @app.command("chat")

@@ -279,6 +279,13 @@ def m009_knowledge(db: Database) -> None:
     db.execute("ALTER TABLE assistants ADD COLUMN knowledge_dirty INTEGER NOT NULL DEFAULT 0")
 
 
+@migrations()
+def m010_knowledge_used(db: Database) -> None:
+    # The knowledge chunks a reply's prompt held, [1] first: [{"id": chunk id, "score": …}].
+    # NULL on replies stored before: a training chat built from one searches as served.
+    db.execute("ALTER TABLE messages ADD COLUMN knowledge_used TEXT")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

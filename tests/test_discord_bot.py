@@ -21,7 +21,7 @@ async def test_login_sync_and_a_command_answered(world: World):
     intents = int(w.fake.identify_payloads[0]["intents"])
     assert intents & (1 << 15), "message content intent requested"
     names = {c["name"] for c in w.fake.commands[None]}
-    assert names == {"assistant", "example", "chat", "privacy"}
+    assert names == {"assistant", "example", "knowledge", "chat", "privacy"}
     subs = {
         c["name"]: sorted(o["name"] for o in c.get("options", []) if o["type"] == 1)
         for c in w.fake.commands[None]
@@ -42,6 +42,7 @@ async def test_login_sync_and_a_command_answered(world: World):
         ]
     )
     assert subs["example"] == sorted(["add", "import", "list", "remove", "corrections"])
+    assert subs["knowledge"] == sorted(["add", "list", "remove"])
     assert subs["privacy"] == sorted(["optout", "optin", "forget"])
     chat = next(c for c in w.fake.commands[None] if c["name"] == "chat")
     assert [o["name"] for o in chat["options"]] == ["assistant", "message"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.utils import MISSING
 
-from assistants import FewtuneError, NoAssistant, Origin, Reply
+from assistants import FewtuneError, NoAssistant, Origin, Reply, sources_line
 from assistants.ratelimit import slow_down
 from bot.discord.actors import actor_of, actor_of_message
 from bot.discord.items import feedback_view
@@ -61,7 +61,10 @@ class Chatter:
             # still be the placeholder's note.
             await live.render(f"{reply.text}\n\n⚠️ {reply.error}".strip())
         else:
-            await live.render(reply.text or "(the model sent an empty reply)", feedback_view(reply))
+            text = reply.text or "(the model sent an empty reply)"
+            if reply.sources:  # citations for everyone who sees the answer; never chunk texts
+                text += "\n\n-# " + sources_line(reply.sources)
+            await live.render(text, feedback_view(reply))
         return [str(m.id) for m in live.messages]
 
     # -- interactions -----------------------------------------------------------------------
