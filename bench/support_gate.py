@@ -227,6 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "good": chats,
             "broken": shuffled_answers(chats, facts, args.seed),
         }
+        trainings = {kind: trainings[kind] for kind in args.adapters.split(",")}
         results.update(
             examples=imported.added,
             training_chats=len(chats),
@@ -295,10 +296,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
             capsize=4,
             color=["#999999", "#4477aa", "#66ccee"],
         )
-        ax.set_title(f"{kind} adapter: {evaluation['decision']['switch'] and 'switch' or 'keep'}")
+        decision = "switch" if evaluation["decision"]["switch"] else "keep"
+        ax.set_title(f"{kind} adapter, {evaluation['items']} held-out chats: {decision}")
         ax.tick_params(axis="x", labelsize=8)
     axes[0].set_ylabel("mean log-prob per token of the reference")
-    fig.suptitle(f"Support gate: {results['held_out_items']} held-out chats, 95% intervals")
+    fig.suptitle("Support gate: likelihood of the reference answers, 95% intervals")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -313,6 +315,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-steps", type=int, default=None, help="stop training early")
+    parser.add_argument(
+        "--adapters", default="good,broken", help="which adapters to train and evaluate"
+    )
     parser.add_argument("--home", default=None, help="FEWTUNE_HOME to use (kept afterwards)")
     parser.add_argument("--results", default=str(RESULTS), help="the results JSON to write")
     parser.add_argument("--chart", default=str(CHART), help="the chart PNG ('' for none)")
