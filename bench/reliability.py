@@ -7,13 +7,20 @@ Prints a table per operation and in all: inputs tried, handled cleanly (answered
 says, no 5xx), 5xx, crashes (no answer, or a traceback in the server's log), and each failed
 check. Results: docs/benchmarks.md, "Reliability".
 
+`--cli N` adds what users hand the CLI and the import readers: tests/test_fuzz_input.py run with
+N generated cases per test (its explicit cases, the defects found by hand, run too). Handled
+cleanly: a result or one `Error:` line with exit 1 and nothing stored; failed: anything else.
+
     .venv/bin/python bench/reliability.py --examples 100
+    .venv/bin/python bench/reliability.py --examples 0 --cli 300     # the CLI only
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,12 +51,49 @@ def table(tally: Tally) -> str:
     return "\n".join(rows)
 
 
+def cli_fuzz(examples: int) -> str:
+    """Run tests/test_fuzz_input.py with `examples` generated cases per test; a table of them."""
+    test_file = ROOT / "tests" / "test_fuzz_input.py"
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)]
+        + ["--hypothesis-show-statistics"],
+        cwd=ROOT,
+        env={**os.environ, "FEWTUNE_FUZZ_EXAMPLES": str(examples)},
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.monotonic() - started
+    rows = [
+        "| test | generated cases | handled cleanly | failed (traceback, not one line, or data stored) |",
+        "|---|---|---|---|",
+    ]
+    total = [0, 0, 0]
+    blocks = re.findall(r"::(\w+):\n(.*?)(?=\n\S|\Z)", run.stdout, flags=re.S)
+    for name, block in blocks:
+        passing = sum(int(n) for n in re.findall(r"(\d+) passing", block))
+        failing = sum(int(n) for n in re.findall(r"(\d+) failing", block))
+        rows.append(f"| `{name}` | {passing + failing} | {passing} | {failing} |")
+        total = [total[0] + passing + failing, total[1] + passing, total[2] + failing]
+    explicit = len(re.findall(r"^@example\(", test_file.read_text(), flags=re.M))
+    rows.append(
+        f"| all ({explicit} explicit cases besides) | {total[0]} | {total[1]} | {total[2]} |"
+    )
+    verdict = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-500:]
+    return "\n".join(rows) + f"\n\npytest: {verdict} ({seconds:.0f} s)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=100, help="valid and invalid, each")
     parser.add_argument("--max-tokens-limit", type=int, default=8)
+    parser.add_argument("--cli", type=int, default=0, help="generated cases per CLI fuzz test")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.cli:
+        print(cli_fuzz(args.cli), end="\n\n", flush=True)
+    if not args.examples:
+        return
     with tempfile.TemporaryDirectory() as folder:
         tiny = make_tiny_model(Path(folder) / MODEL)
         settings = write_settings(

@@ -6,6 +6,7 @@ the defects found by hand are the explicit examples."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -25,7 +26,8 @@ SURROGATES = ["\ud800", "\udfff", "\udcff", "\udced\udca0\udc80"]
 ODD = [*SURROGATES, "\u2028", "\u2029", "\x85", "\x00", "\n", "\r", "\t", " ", "-", "--k", "é"]
 
 FUZZ = settings(
-    max_examples=30,
+    # bench/reliability.py --cli runs these with more examples
+    max_examples=int(os.environ.get("FEWTUNE_FUZZ_EXAMPLES", "30")),
     deadline=None,
     derandomize=True,
     database=None,
