@@ -26,6 +26,7 @@ import numpy as np
 from storage.batching import Batcher
 from storage.embeddings import Embedder
 from storage.errors import FewtuneError
+from storage.locks import file_lock
 from storage.settings import IndexSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,12 @@ class ExampleIndex:
                         **_http_address(self.settings.chroma_url), settings=chroma_settings
                     )
                 else:
-                    self._client = chromadb.PersistentClient(
-                        path=str(self._path), settings=chroma_settings
-                    )
+                    # Two processes opening a new index folder at once both create chromadb's
+                    # tables, and one fails ("table collections already exists"): one at a time.
+                    with file_lock(self._path.with_name(f".{self._path.name}-open.lock")):
+                        self._client = chromadb.PersistentClient(
+                            path=str(self._path), settings=chroma_settings
+                        )
             except Exception as exc:  # chromadb raises several kinds; all mean "not reachable"
                 where = self.settings.chroma_url or str(self._path)
                 raise IndexUnavailable(

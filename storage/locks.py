@@ -1,5 +1,5 @@
 """A lock between processes sharing one FEWTUNE_HOME (starting the local server, converting the
-embedded model once)."""
+embedded model once, opening a new example index)."""
 
 from __future__ import annotations
 

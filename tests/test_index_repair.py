@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -181,3 +184,34 @@ def test_an_unreachable_chroma_server_refuses_writes_cleanly(fewtune_home, embed
         assert core.assistants.list(TERMINAL) == []
     finally:
         core.close()
+
+
+OPEN_NEW_INDEX = """
+import sys, time
+from storage.embeddings import Embedder
+from storage.index import ExampleIndex
+from storage.settings import load_settings
+index = ExampleIndex(load_settings(sys.argv[1]), Embedder())
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all open at the same moment
+print(index.count(1))
+"""
+
+
+def test_processes_opening_a_new_index_at_once_all_open_it(tmp_path):
+    """chromadb creates its tables when a folder is first opened; two processes doing it at once
+    failed one of them ("table collections already exists"). Opening is one at a time."""
+    home = tmp_path / "home"
+    at = str(time.time() + 8)  # after every process has imported chromadb
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_NEW_INDEX, str(home), at],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert out.strip() == "0"
