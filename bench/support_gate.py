@@ -98,6 +98,7 @@ def train_adapter(
 ) -> tuple[Path, dict[str, Any]]:
     """An adapter trained by fewtune's trainer on `chats`; its folder and a record of the run."""
     from training.trainer.lora import TrainConfig, train
+    from training.trainer.progress import LossLog
 
     train_file = work / "train.jsonl"
     train_file.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chats))
@@ -112,27 +113,15 @@ def train_adapter(
         max_steps=args.max_steps,
         base_model_name=BASE,
     )
-    losses: list[float] = []
-
-    def on_event(event: dict) -> None:
-        if event.get("type") == "metrics":
-            losses.append(round(float(event["train_loss"]), 4))
-            if event["step"] % 5 == 0 or event["step"] == event["total_steps"]:
-                print(
-                    f"  step {event['step']}/{event['total_steps']} "
-                    f"loss {event['train_loss']:.3f} ({event['elapsed']:.0f} s)",
-                    flush=True,
-                )
-
-    started = time.monotonic()
-    result = train(config, base, train_file, work / "run", on_event=on_event)
+    log = LossLog(every=5, indent="  ")
+    result = train(config, base, train_file, work / "run", on_event=log)
     assert result.adapter_path is not None
     return result.adapter_path, {
         "chats": len(chats),
         "steps": result.steps,
         "trained_tokens": result.trained_tokens,
-        "train_loss_per_step": losses,
-        "minutes": round((time.monotonic() - started) / 60, 1),
+        "train_loss_per_step": log.losses,
+        "minutes": log.minutes,
     }
 
 

@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +33,7 @@ from assistants import TERMINAL, Core  # noqa: E402
 from assistants.demo import TWIN_NAME, install_demo  # noqa: E402
 from training.base_models import embedded_model_dir  # noqa: E402
 from training.trainer.lora import TrainConfig, train  # noqa: E402
+from training.trainer.progress import LossLog  # noqa: E402
 
 OUT = ROOT / "assistants" / "demo" / "adapter"
 
@@ -73,20 +73,8 @@ def main() -> int:
             checkpoint_every=0,
             base_model_name="SmolLM2-135M-Instruct",
         )
-        losses: list[float] = []
-
-        def on_event(event: dict) -> None:
-            if event.get("type") == "metrics":
-                losses.append(round(float(event["train_loss"]), 4))
-                if event["step"] % 10 == 0 or event["step"] == event["total_steps"]:
-                    print(
-                        f"step {event['step']}/{event['total_steps']} "
-                        f"loss {event['train_loss']:.3f} ({event['elapsed']:.0f} s)",
-                        flush=True,
-                    )
-
-        started = time.monotonic()
-        result = train(config, base, train_file, Path(tmp) / "run", on_event=on_event)
+        log = LossLog(every=10)
+        result = train(config, base, train_file, Path(tmp) / "run", on_event=log)
         assert result.adapter_path is not None
         write_fp16(result.adapter_path, args.out)
         record = {
@@ -105,8 +93,8 @@ def main() -> int:
             "data_sha256": hashlib.sha256(lines.encode()).hexdigest(),
             "steps": result.steps,
             "trained_tokens": result.trained_tokens,
-            "train_loss_per_step": losses,
-            "minutes": round((time.monotonic() - started) / 60, 1),
+            "train_loss_per_step": log.losses,
+            "minutes": log.minutes,
             "dtype": "float16",
             "remake": "python scripts/make_demo_adapter.py",
         }
