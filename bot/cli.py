@@ -28,6 +28,7 @@ from assistants.promotion import Step
 from bot.demo_chat import side_by_side
 from bot.evaluation_report import report_lines
 from bot.terminal import typed_messages
+from bot.wording import counted, file_size
 from storage import Settings
 
 
@@ -389,8 +390,8 @@ def assistant_import(
     typer.echo(f"Imported {assistant.name} with {result.added} examples.")
     files = run(core.api.knowledge_files(TERMINAL, assistant.name))
     if files:
-        count = f"{len(files)} file" if len(files) == 1 else f"{len(files)} files"
-        typer.echo(f"Its knowledge: {count}, {chunks(sum(f.chunks for f in files))}.")
+        chunks = counted(sum(f.chunks for f in files), "chunk")
+        typer.echo(f"Its knowledge: {counted(len(files), 'file')}, {chunks}.")
 
 
 # -- examples --------------------------------------------------------------------------------
@@ -512,16 +513,6 @@ def found_dict(rank: int, found) -> dict[str, Any]:
     }
 
 
-def chunks(count: int) -> str:
-    return f"{count} chunk" if count == 1 else f"{count} chunks"
-
-
-def file_size(size: int) -> str:
-    if size < 1000:
-        return f"{size} B"
-    return f"{size / 1000:.1f} kB" if size < 1_000_000 else f"{size / 1_000_000:.1f} MB"
-
-
 @knowledge_app.command("add")
 def knowledge_add(
     name: NameArg,
@@ -534,7 +525,7 @@ def knowledge_add(
     core = open_core()
     added = run(core.api.add_knowledge(TERMINAL, name, contents))
     for f in added:
-        typer.echo(f"Added {f.name} to {name} as file {f.id} ({chunks(f.chunks)}).")
+        typer.echo(f"Added {f.name} to {name} as file {f.id} ({counted(f.chunks, 'chunk')}).")
 
 
 @knowledge_app.command("list")
@@ -549,7 +540,7 @@ def knowledge_list(name: NameArg, as_json: JsonOpt = False) -> None:
         typer.echo(f"{name} has no knowledge files; add some with `fewtune knowledge add`.")
     for f in found:
         typer.echo(
-            f"{f.id:>4}  {f.name}  {f.kind}  {file_size(f.size)}  {chunks(f.chunks)}  {f.added_at}"
+            f"{f.id:>4}  {f.name}  {f.kind}  {file_size(f.size)}  {counted(f.chunks, 'chunk')}  {f.added_at}"
         )
 
 

@@ -194,17 +194,20 @@ class Knowledge:
             self._unmark_dirty(assistant.id)
         return [f for f in self._files(assistant.id) if f.id in set(file_ids)]
 
+    def check_size(self, file_name: str, size: int) -> None:
+        """A file over `[knowledge] max_file_mb` is refused (a frontend asks before downloading)."""
+        if size > self.settings.max_file_mb * 1_000_000:
+            raise LimitExceeded(
+                f"{file_name} is {size / 1_000_000:.1f} MB; the limit is "
+                f"{self.settings.max_file_mb} MB a file: split it or add only the parts needed."
+            )
+
     def _check_file(self, file_name: str, data: bytes) -> None:
         if not file_name.strip() or len(file_name) > MAX_NAME:
             raise InvalidInput(f"A file's name must be 1 to {MAX_NAME} characters.")
         check_text(file_name, "The file's name")
         kind_of(file_name)
-        limit = self.settings.max_file_mb * 1_000_000
-        if len(data) > limit:
-            raise LimitExceeded(
-                f"{file_name} is {len(data) / 1_000_000:.1f} MB; the limit is "
-                f"{self.settings.max_file_mb} MB a file: split it or add only the parts needed."
-            )
+        self.check_size(file_name, len(data))
         if not data:
             raise InvalidInput(f"{file_name} is empty; add a file that has some text.")
 

@@ -9,10 +9,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from assistants import LimitExceeded
 from bot.discord.actors import actor_of
 from bot.discord.cogs.common import assistant_names
 from bot.discord.replies import guard, say
+from bot.wording import counted, file_size
 
 if TYPE_CHECKING:
     from bot.discord.client import FewtuneBot
@@ -39,19 +39,14 @@ class KnowledgeCog(commands.GroupCog, group_name="knowledge"):
             await interaction.response.defer(ephemeral=True, thinking=True)
             actor = actor_of(interaction)
             found = await self.core.api.managed_assistant(actor, assistant, "add knowledge to")
-            limit_mb = self.core.settings.knowledge.max_file_mb
-            if file.size > limit_mb * 1_000_000:  # refused before it is downloaded
-                raise LimitExceeded(
-                    f"{file.filename} is {file.size / 1_000_000:.1f} MB; the limit is "
-                    f"{limit_mb} MB a file: split it or add only the parts needed."
-                )
+            self.core.knowledge.check_size(file.filename, file.size)  # before it is downloaded
             data = await file.read()
             added = await self.core.api.add_knowledge(actor, found.name, [(file.filename, data)])
-            chunks = sum(f.chunks for f in added)
+            chunks = counted(sum(f.chunks for f in added), "chunk")
             await say(
                 interaction,
                 f"Added {file.filename} to **{found.name}** as knowledge file "
-                f"#{added[0].id} ({chunks} {'chunk' if chunks == 1 else 'chunks'}).",
+                f"#{added[0].id} ({chunks}).",
             )
 
     @app_commands.command(name="list")
@@ -68,14 +63,14 @@ class KnowledgeCog(commands.GroupCog, group_name="knowledge"):
                 )
                 return
             lines = [
-                f"`#{f.id}` {f.name} · {f.kind} · {f.size / 1000:,.1f} kB · "
-                f"{f.chunks} {'chunk' if f.chunks == 1 else 'chunks'}"
+                f"`#{f.id}` {f.name} · {f.kind} · {file_size(f.size)} · "
+                f"{counted(f.chunks, 'chunk')}"
                 for f in files
             ]
             embed = discord.Embed(
                 title=f"{assistant}: knowledge files", description="\n".join(lines)
             )
-            embed.set_footer(text=f"{len(files)} {'file' if len(files) == 1 else 'files'}")
+            embed.set_footer(text=counted(len(files), "file"))
             await say(interaction, "", embed=embed)
 
     @app_commands.command()
