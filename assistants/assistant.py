@@ -422,6 +422,27 @@ class Assistants:
             self._on_delete(assistant.id)
         return assistant
 
+    # -- index marks ---------------------------------------------------------------------------
+
+    # `index_dirty` (examples) and `knowledge_dirty` (knowledge chunks) count the writes whose
+    # index step is in flight (several may be, outside the lock): one finishing must not clear
+    # the mark of another. Not zero at start-up: the repair compares that index with SQLite.
+    INDEX_MARKS = ("index_dirty", "knowledge_dirty")
+
+    def mark_dirty(self, assistant_id: int, mark: str) -> None:
+        self._check_mark(mark)
+        self.db.execute(f"UPDATE assistants SET {mark} = {mark} + 1 WHERE id = ?", [assistant_id])
+
+    def unmark_dirty(self, assistant_id: int, mark: str) -> None:
+        self._check_mark(mark)
+        self.db.execute(
+            f"UPDATE assistants SET {mark} = max({mark} - 1, 0) WHERE id = ?", [assistant_id]
+        )
+
+    def _check_mark(self, mark: str) -> None:
+        if mark not in self.INDEX_MARKS:  # a column name in SQL: only these two
+            raise ValueError(f"no index mark {mark!r}")
+
     # -- history -------------------------------------------------------------------------------
 
     def _record(self, assistant: Assistant, actor: Actor, change: str) -> None:

@@ -216,10 +216,10 @@ class Examples:
             with self.lock, self.db.conn:
                 marks = ",".join("?" * len(ids))
                 self.db.execute(f"DELETE FROM examples WHERE id IN ({marks})", ids)
-                self._unmark_dirty(assistant.id)
+                self.assistants.unmark_dirty(assistant.id, "index_dirty")
             raise
         with self.lock, self.db.conn:
-            self._unmark_dirty(assistant.id)
+            self.assistants.unmark_dirty(assistant.id, "index_dirty")
         return self.by_ids(assistant.id, ids), duplicates
 
     def _insert_rows(
@@ -271,7 +271,7 @@ class Examples:
             ids: builtins.list[int] = []
             texts: builtins.list[str] = []
             with self.db.conn:
-                self._mark_dirty(assistant.id)
+                self.assistants.mark_dirty(assistant.id, "index_dirty")
                 for row in new_rows:
                     cursor = self.db.execute(
                         f"INSERT OR IGNORE INTO examples ({columns}) VALUES ({marks})",
@@ -280,8 +280,8 @@ class Examples:
                     if cursor.rowcount == 1:
                         ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
                         texts.append(str(row["input"]))
-                if not ids:
-                    self._unmark_dirty(assistant.id)  # nothing new: nothing for the index
+                if not ids:  # nothing new: nothing for the index
+                    self.assistants.unmark_dirty(assistant.id, "index_dirty")
         return ids, texts, len(items) - len(ids)
 
     def add_correction(self, assistant: Assistant, input: str, output: str, author: str) -> Example:
@@ -299,11 +299,11 @@ class Examples:
             raise NotFound(f"{assistant.name!r} has no example #{example_id}.")
         index = self._index()
         with self.lock, self.db.conn:
-            self._mark_dirty(assistant.id)
+            self.assistants.mark_dirty(assistant.id, "index_dirty")
             self.db.execute("DELETE FROM examples WHERE id = ?", [found[0].id])
         index.delete(assistant.id, [found[0].id])
         with self.lock, self.db.conn:
-            self._unmark_dirty(assistant.id)
+            self.assistants.unmark_dirty(assistant.id, "index_dirty")
         return found[0]
 
     def export(self, actor: Actor, name: str, fmt: str = "jsonl") -> str:
@@ -316,16 +316,3 @@ class Examples:
             for r in rows
         ]
         return dump_examples(items, fmt)
-
-    # index_dirty counts the writes whose index step is in flight (several may be, outside the
-    # lock): one finishing must not clear the mark of another. Not zero at start-up: repair.
-    def _mark_dirty(self, assistant_id: int) -> None:
-        self.db.execute(
-            "UPDATE assistants SET index_dirty = index_dirty + 1 WHERE id = ?", [assistant_id]
-        )
-
-    def _unmark_dirty(self, assistant_id: int) -> None:
-        self.db.execute(
-            "UPDATE assistants SET index_dirty = max(index_dirty - 1, 0) WHERE id = ?",
-            [assistant_id],
-        )

@@ -188,10 +188,10 @@ class Knowledge:
             with self.lock, self.db.conn:
                 marks = ",".join("?" * len(file_ids))
                 self.db.execute(f"DELETE FROM knowledge_files WHERE id IN ({marks})", file_ids)
-                self._unmark_dirty(assistant.id)
+                self.assistants.unmark_dirty(assistant.id, "knowledge_dirty")
             raise
         with self.lock, self.db.conn:
-            self._unmark_dirty(assistant.id)
+            self.assistants.unmark_dirty(assistant.id, "knowledge_dirty")
         return [f for f in self._files(assistant.id) if f.id in set(file_ids)]
 
     def check_size(self, file_name: str, size: int) -> None:
@@ -269,7 +269,7 @@ class Knowledge:
                     "nothing was added."
                 )
             with self.db.conn:
-                self._mark_dirty(assistant.id)
+                self.assistants.mark_dirty(assistant.id, "knowledge_dirty")
                 for p in prepared:
                     cursor = self.db.execute(
                         "INSERT INTO knowledge_files (assistant_id, name, kind, size, sha256, "
@@ -313,26 +313,12 @@ class Knowledge:
                     "SELECT id FROM knowledge_chunks WHERE file_id = ?", [found[0].id]
                 )
             ]
-            self._mark_dirty(assistant.id)
+            self.assistants.mark_dirty(assistant.id, "knowledge_dirty")
             self.db.execute("DELETE FROM knowledge_files WHERE id = ?", [found[0].id])
         index.delete(assistant.id, chunk_ids)
         with self.lock, self.db.conn:
-            self._unmark_dirty(assistant.id)
+            self.assistants.unmark_dirty(assistant.id, "knowledge_dirty")
         return found[0]
-
-    # As examples.py's index_dirty: a count of writes in flight, so that one finishing does not
-    # clear another's mark. Not zero at start-up: the repair compares the index with SQLite.
-    def _mark_dirty(self, assistant_id: int) -> None:
-        self.db.execute(
-            "UPDATE assistants SET knowledge_dirty = knowledge_dirty + 1 WHERE id = ?",
-            [assistant_id],
-        )
-
-    def _unmark_dirty(self, assistant_id: int) -> None:
-        self.db.execute(
-            "UPDATE assistants SET knowledge_dirty = max(knowledge_dirty - 1, 0) WHERE id = ?",
-            [assistant_id],
-        )
 
 
 def _sha256(data: bytes) -> str:
