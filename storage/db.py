@@ -286,6 +286,43 @@ def m010_knowledge_used(db: Database) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN knowledge_used TEXT")
 
 
+@migrations()
+def m011_knowledge_words(db: Database) -> None:
+    # The words of each knowledge chunk in a full-text index (SQLite's FTS5), so a search finds
+    # chunks by the words they share with a message as well as by meaning (assistants/knowledge/
+    # ranking.py). Contentless: the text stays in knowledge_chunks alone, the index holds only
+    # its words. `owner` ("a" and the assistant's id) keeps each assistant's search to its own
+    # chunks. Triggers keep it in step with knowledge_chunks (cascaded deletes included).
+    db.execute(
+        "CREATE VIRTUAL TABLE knowledge_words USING fts5(text, owner, content='', "
+        "tokenize='unicode61 remove_diacritics 2')"
+    )
+    db.execute(
+        """CREATE TRIGGER knowledge_words_add AFTER INSERT ON knowledge_chunks BEGIN
+            INSERT INTO knowledge_words (rowid, text, owner)
+            VALUES (new.id, new.text, 'a' || new.assistant_id);
+        END"""
+    )
+    db.execute(
+        """CREATE TRIGGER knowledge_words_drop AFTER DELETE ON knowledge_chunks BEGIN
+            INSERT INTO knowledge_words (knowledge_words, rowid, text, owner)
+            VALUES ('delete', old.id, old.text, 'a' || old.assistant_id);
+        END"""
+    )
+    db.execute(
+        """CREATE TRIGGER knowledge_words_change AFTER UPDATE ON knowledge_chunks BEGIN
+            INSERT INTO knowledge_words (knowledge_words, rowid, text, owner)
+            VALUES ('delete', old.id, old.text, 'a' || old.assistant_id);
+            INSERT INTO knowledge_words (rowid, text, owner)
+            VALUES (new.id, new.text, 'a' || new.assistant_id);
+        END"""
+    )
+    db.execute(
+        "INSERT INTO knowledge_words (rowid, text, owner) "
+        "SELECT id, text, 'a' || assistant_id FROM knowledge_chunks"
+    )
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

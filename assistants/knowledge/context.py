@@ -1,5 +1,5 @@
-"""Knowledge for one message: the assistant's chunks most like it (at most `knowledge_k`, each
-at least `min_score` alike), best first, with their files and locations. An assistant without
+"""Knowledge for one message: the assistant's chunks that answer it best (by meaning and by
+words, ranking.py; at most `knowledge_k`, each at least `min_score` alike), best first, with their files and locations. An assistant without
 knowledge costs one SQLite lookup and no index query. Given the chunk ids a reply was answered
 with (a training chat rebuilt as served), those chunks come back instead, in that order."""
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlite_utils import Database
 
+from assistants.knowledge.ranking import rank
 from storage.index import ExampleIndex
 from storage.settings import KnowledgeSettings
 
@@ -86,13 +87,13 @@ def knowledge_for(
     vector = query if query is not None else opened.embedder.embed_one(text)
     hits = [
         h
-        for h in opened.query(assistant_id, vector, settings.knowledge_k)
+        for h in rank(db, opened, assistant_id, text, vector, settings.knowledge_k)
         if h.score >= settings.min_score
     ]
-    score_of = {h.example_id: h.score for h in hits}  # a knowledge index's ids are chunk ids
+    score_of = {h.chunk_id: h.score for h in hits}
     return [
         Passage(p.chunk_id, p.file_id, p.file, p.location, p.text, score_of[p.chunk_id])
-        for p in passages(db, assistant_id, [h.example_id for h in hits])
+        for p in passages(db, assistant_id, [h.chunk_id for h in hits])
     ]
 
 

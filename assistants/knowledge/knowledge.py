@@ -23,6 +23,7 @@ from assistants.assistant import Assistant, Assistants, now
 from assistants.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFound
 from assistants.knowledge.chunks import Piece, chunk
 from assistants.knowledge.extract import extract, kind_of
+from assistants.knowledge.ranking import rank
 from assistants.text import check_text
 from storage.index import ExampleIndex
 from storage.settings import KnowledgeSettings
@@ -105,7 +106,8 @@ class Knowledge:
         return [KnowledgeFile(**r) for r in rows]
 
     def search(self, actor: Actor, name: str, query: str, k: int = 4) -> builtins.list[Found]:
-        """The k chunks most like the query, best first, with their files and cosine scores."""
+        """The k chunks that answer the query best (by meaning and by words: ranking.py), best
+        first, with their files and cosine scores."""
         if not query.strip():
             raise InvalidInput("The search query is empty.")
         check_text(query, "The search query")
@@ -115,8 +117,8 @@ class Knowledge:
         if not self._chunk_count(assistant.id):
             return []
         index = self._index()
-        hits = index.query(assistant.id, index.embedder.embed_one(query), k)
-        ids = [h.example_id for h in hits]  # a knowledge index's ids are chunk ids
+        hits = rank(self.db, index, assistant.id, query, index.embedder.embed_one(query), k)
+        ids = [h.chunk_id for h in hits]
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
             "SELECT id, file_id, position, location, text FROM knowledge_chunks "
@@ -126,9 +128,9 @@ class Knowledge:
         chunks = {r[0]: Chunk(*r) for r in rows}
         files = {f.id: f for f in self._files(assistant.id)}
         return [
-            Found(files[chunks[h.example_id].file_id], chunks[h.example_id], h.score)
+            Found(files[chunks[h.chunk_id].file_id], chunks[h.chunk_id], h.score)
             for h in hits
-            if h.example_id in chunks
+            if h.chunk_id in chunks
         ]
 
     def chunks_of(self, file_id: int) -> builtins.list[Chunk]:
