@@ -13,7 +13,10 @@ does), and an assistant `plain` with the same instructions and settings and no k
   ranks). A question is found at k when one of its gold chunks is among the first k: the chunks of
   its file that hold its whole source sentence, looked up in the stored chunks at run time (so a
   document edited since the set was made leaves its changed questions out, counted as stale).
-  Also how many of the found chunks pass `min_score`, the floor a prompt's passages must reach.
+  Also how often the gold chunk would be in the prompt: among the first `knowledge_k` and at
+  least `min_score` alike, the floor a prompt's passages must reach.
+  Beside it, recall@4 of each ranking the search fuses, alone: by meaning (the knowledge index),
+  by words (FTS5), and fused (what the product uses).
 - Answers: `core.chat.ask` for each question to both assistants, on the embedded
   SmolLM2-135M-Instruct by default (temperature 0, no history, no examples). An answer is right
   when the first number it states that the question does not already hold is the question's
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from assistants import TERMINAL, Core  # noqa: E402
+from assistants.knowledge.ranking import rank, word_matches  # noqa: E402
 from assistants.local_server import stop_local_server  # noqa: E402
 from assistants.stats import binomial_p, wilson  # noqa: E402
 
@@ -110,25 +114,48 @@ def retrieval(
     core: Core, items: list[dict], gold: dict[int, set[int]], ks: list[int]
 ) -> dict[str, Any]:
     """Recall@k over the questions that still have a gold chunk, and the found chunks' scores."""
-    floor = core.settings.knowledge.min_score
+    floor, prompt_k = core.settings.knowledge.min_score, core.settings.knowledge.knowledge_k
     found_at = {k: 0 for k in ks}
-    above_floor, ranks = 0, []
+    in_prompt, ranks = 0, []
     for item in items:
         hits = core.knowledge.search(TERMINAL, "docs", item["question"], k=max(ks))
         rank = next((i for i, h in enumerate(hits) if h.chunk.id in gold[item["id"]]), None)
         ranks.append(rank)
         for k in ks:
             found_at[k] += rank is not None and rank < k
-        above_floor += rank is not None and hits[rank].score >= floor
+        in_prompt += rank is not None and rank < prompt_k and hits[rank].score >= floor
     n = len(items)
     return {
         "questions": n,
         "recall": {str(k): found_at[k] / n for k in ks},
         "recall_interval": {str(k): wilson(found_at[k], n) for k in ks},
         "mrr": sum(1 / (r + 1) for r in ranks if r is not None) / n,
-        "gold_found_above_min_score": above_floor / n,
+        "gold_in_prompt": in_prompt / n,  # among the first knowledge_k and at least min_score
         "min_score": floor,
+        "knowledge_k": prompt_k,
+        "gold_rank": ranks,  # per question, 0-based; None: not in the first max(ks)
     }
+
+
+def each_ranking(
+    core: Core, items: list[dict], gold: dict[int, set[int]], k: int
+) -> dict[str, float]:
+    """Recall@k of the two rankings the search fuses, alone and fused, side by side: the index's
+    nearest by meaning, the best matches by words (FTS5), and `rank`'s fusion."""
+    assistant = core.assistants.get(TERMINAL, "docs")
+    index = core.knowledge_index()
+    found = {"meaning": 0, "words": 0, "fused": 0}
+    for item in items:
+        vector = index.embedder.embed_one(item["question"])
+        lists = {
+            "meaning": [h.example_id for h in index.query(assistant.id, vector, k)],
+            "words": word_matches(core.db, assistant.id, item["question"], k),
+            "fused": [r.chunk_id for r in rank(core.db, index, assistant.id, item["question"],
+                                               vector, k)],
+        }  # fmt: skip
+        for name, ids in lists.items():
+            found[name] += bool(gold[item["id"]] & set(ids))
+    return {name: n / len(items) for name, n in found.items()}
 
 
 async def answers(core: Core, items: list[dict]) -> list[dict[str, Any]]:
@@ -202,7 +229,14 @@ def main() -> None:
         print(
             f"retrieval: recall@1 {recall['1']:.3f}  recall@4 {recall['4']:.3f}  "
             f"recall@10 {recall['10']:.3f}  (goal: recall@4 >= 0.9); MRR {found['mrr']:.3f}; "
-            f"gold chunk found and above min_score {found['gold_found_above_min_score']:.3f}",
+            f"gold chunk in the prompt (first {found['knowledge_k']}, at least min_score) "
+            f"{found['gold_in_prompt']:.3f}",
+            flush=True,
+        )
+        found["rankings_recall_at_4"] = each_ranking(core, current, gold, 4)
+        print(
+            "recall@4 by ranking: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in found["rankings_recall_at_4"].items()),
             flush=True,
         )
         results: dict[str, Any] = {
