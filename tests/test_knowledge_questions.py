@@ -5,29 +5,19 @@ reply counts as right only when its own first new number is the answer."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
+from script_modules import load
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ROOT / "bench" / "data" / "knowledge" / "questions.jsonl"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-make = _load("make_knowledge_questions", ROOT / "scripts" / "make_knowledge_questions.py")
-bench = _load("knowledge_benchmark", ROOT / "bench" / "knowledge_benchmark.py")
+make = load("scripts/make_knowledge_questions.py")
+bench = load("bench/knowledge_benchmark.py")
 
 
 def ask(sentence: str) -> tuple[str, str] | None:

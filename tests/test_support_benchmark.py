@@ -6,13 +6,12 @@ really answer other questions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from script_modules import load
 
 from assistants import TERMINAL
 
@@ -20,23 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data" / "support"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def maker():
-    return _load("make_support_assistant", ROOT / "scripts" / "make_support_assistant.py")
+    return load("scripts/make_support_assistant.py")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load("support_gate", ROOT / "bench" / "support_gate.py")
+    return load("bench/support_gate.py")
 
 
 def _rows(data: bytes) -> list[dict]:
