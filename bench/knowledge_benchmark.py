@@ -21,8 +21,9 @@ does), and an assistant `plain` with the same instructions and settings and no k
   SmolLM2-135M-Instruct by default (temperature 0, no history, no examples). An answer is right
   when the first number it states that the question does not already hold is the question's
   number (citation markers like [1] and thousands commas taken out; 2.0 is 2): a reply that
-  repeats the question's figures, or gives another number first, is wrong. Each rate has a 95% Wilson interval; the two are compared on the same
-  questions by an exact McNemar test (questions only one of them gets right).
+  repeats the question's figures, or gives another number first, is wrong. Each rate has a 95%
+  Wilson interval; the two are compared on the same questions by an exact McNemar test
+  (questions only one of them gets right).
 
 Writes the figures as JSON (--results) and prints them.
 """

@@ -12,9 +12,9 @@ three numbers becomes a question: one of its numbers (seeded choice; not in code
 name, a version or a date, not an issue's or a step's number, and written nowhere else in the
 sentence) is replaced by "how many" (before a plural within two words), "what percentage" or
 "what number", and the sentence ends in a question mark. Its answer is that number; its gold
-chunks are every chunk of its file whose text holds the whole sentence. Tables, code, headings and block quotes
-are left out; a question that two sentences ask with different answers is dropped, since no
-reader could tell which is meant. Deterministic: the same documents and seed give the same file.
+chunks are every chunk of its file whose text holds the whole sentence. Tables, code, headings
+and block quotes are left out; a question that two sentences ask with different answers is
+dropped, since no reader could tell which is meant. Deterministic: the same documents and seed give the same file.
 
 The questions are near-verbatim (a cloze, not a paraphrase): they measure whether the index finds
 the passage a question comes from and whether the model reads the answer out of it, not how well

@@ -1,7 +1,8 @@
 """Knowledge for one message: the assistant's chunks that answer it best (by meaning and by
-words, ranking.py; at most `knowledge_k`, each at least `min_score` alike), best first, with their files and locations. An assistant without
-knowledge costs one SQLite lookup and no index query. Given the chunk ids a reply was answered
-with (a training chat rebuilt as served), those chunks come back instead, in that order."""
+words, ranking.py; at most `knowledge_k`, each at least `min_score` alike), best first, with
+their files and locations. An assistant without knowledge costs one SQLite lookup and no index
+query. Given the chunk ids a reply was answered with (a training chat rebuilt as served), those
+chunks come back instead, in that order."""
 
 from __future__ import annotations
 
