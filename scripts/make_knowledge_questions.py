@@ -14,7 +14,8 @@ sentence) is replaced by "how many" (before a plural within two words), "what pe
 "what number", and the sentence ends in a question mark. Its answer is that number; its gold
 chunks are every chunk of its file whose text holds the whole sentence. Tables, code, headings
 and block quotes are left out; a question that two sentences ask with different answers is
-dropped, since no reader could tell which is meant. Deterministic: the same documents and seed give the same file.
+dropped, since no reader could tell which is meant. Deterministic: the same documents and seed
+give the same file.
 
 The questions are near-verbatim (a cloze, not a paraphrase): they measure whether the index finds
 the passage a question comes from and whether the model reads the answer out of it, not how well
@@ -62,7 +63,7 @@ def normalized(text: str) -> str:
 
 
 def prose_sentences(text: str) -> Iterator[str]:
-    """The sentences of a chunk's prose: tables, code blocks and headings left out."""
+    """The sentences of a section's prose: tables, code blocks and headings left out."""
     in_fence = False
     paragraph: list[str] = []
     for line in [*text.split("\n"), ""]:

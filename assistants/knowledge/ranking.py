@@ -50,8 +50,11 @@ def rank(
             fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + position)
     best = sorted(fused, key=lambda i: -fused[i])[:k]  # stable: the nearer first on a tie
     unscored = [i for i in best if i not in cosine]
+    query = np.asarray(vector, dtype=np.float32)
     for chunk_id, found in index.vectors(assistant_id, unscored).items():
-        cosine[chunk_id] = float(found @ np.asarray(vector, dtype=np.float32))
+        cosine[chunk_id] = float(found @ query)
+    # A chunk with no vector (its index write still in flight, or lost until the start-up
+    # repair) has no score for min_score to read, and is left out as the index alone leaves it.
     return [Ranked(i, cosine[i]) for i in best if i in cosine]
 
 
