@@ -29,6 +29,7 @@ from assistants.errors import (
 )
 from assistants.examples import Example, Examples
 from assistants.knowledge.context import Source, knowledge_for
+from assistants.knowledge.held import HeldKnowledge
 from assistants.origin import NoAssistant, Origin
 from assistants.prompt import PromptTooLong, build_prompt, last_turns
 from assistants.providers import ModelRef, Providers
@@ -123,10 +124,10 @@ class Chat:
         providers: Providers,
         lock: threading.RLock,
         executor: Executor | None = None,
-        knowledge_index: Callable[[], ExampleIndex] | None = None,
+        knowledge: HeldKnowledge | None = None,
     ) -> None:
         self.executor = executor
-        self._knowledge_index = knowledge_index
+        self.knowledge = knowledge
         self.db = db
         self.settings = settings
         self.assistants = assistants
@@ -529,14 +530,14 @@ class Chat:
         passages = (
             knowledge_for(
                 self.db,
-                self._knowledge_index,
+                self.knowledge,
                 self.settings.knowledge,
                 assistant.id,
                 text,
                 query=query,
                 chunk_ids=chunk_ids,
             )
-            if self._knowledge_index is not None
+            if self.knowledge is not None
             else []
         )
         examples = self.examples.by_ids(assistant.id, selected_ids)

@@ -14,6 +14,7 @@ from assistants.chat import Chat
 from assistants.examples import Examples
 from assistants.feedback import FeedbackBook
 from assistants.knowledge import Knowledge
+from assistants.knowledge.held import HeldKnowledge
 from assistants.privacy import Privacy
 from assistants.promotion import Promotions
 from assistants.providers import LOCAL, ModelRef, Providers
@@ -68,8 +69,12 @@ class Core:
         self.providers = Providers(settings)
         self.assistants = Assistants(self.db, settings, self.lock, on_delete=self._drop_index)
         self.examples = Examples(self.db, self.assistants, self.index, self.lock)
+        # Each assistant's knowledge in memory, for exact search (assistants/knowledge/held.py).
+        self.held_knowledge = HeldKnowledge(
+            self.db, self.knowledge_index, settings.knowledge.memory_mb
+        )
         self.knowledge = Knowledge(
-            self.db, self.assistants, settings.knowledge, self.knowledge_index, self.lock
+            self.db, self.assistants, settings.knowledge, self.held_knowledge, self.lock
         )
         # Blocking work of async calls runs here. More threads than the default pool (cores + 4):
         # messages arriving together then wait together and are embedded in one batch.
@@ -83,7 +88,7 @@ class Core:
             self.providers,
             self.lock,
             self.executor,
-            knowledge_index=self.knowledge_index,
+            knowledge=self.held_knowledge,
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)

@@ -15,8 +15,8 @@ does), and an assistant `plain` with the same instructions and settings and no k
   document edited since the set was made leaves its changed questions out, counted as stale).
   Also how often the gold chunk would be in the prompt: among the first `knowledge_k` and at
   least `min_score` alike, the floor a prompt's passages must reach.
-  Beside it, recall@4 of each ranking the search fuses, alone: by meaning (the knowledge index),
-  by words (FTS5), and fused (what the product uses).
+  Beside it, recall@4 of each ranking the search fuses, alone: by meaning (cosine), by words
+  (BM25), and fused (what the product uses).
 - Answers: `core.chat.ask` for each question to both assistants, on the embedded
   SmolLM2-135M-Instruct by default (temperature 0, no history, no examples). An answer is right
   when the first number it states that the question does not already hold is the question's
@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -49,7 +51,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from make_knowledge_questions import normalized  # noqa: E402  (the set's own matching rule)
 
 from assistants import TERMINAL, Core  # noqa: E402
-from assistants.knowledge.ranking import word_matches  # noqa: E402
 from assistants.local_server import stop_local_server  # noqa: E402
 from assistants.stats import binomial_p, wilson  # noqa: E402
 
@@ -140,16 +141,18 @@ def retrieval(
 def each_ranking(
     core: Core, items: list[dict], gold: dict[int, set[int]], k: int
 ) -> dict[str, float]:
-    """Recall@k of each ranking the search fuses, alone: the index's nearest by meaning and the
-    best matches by words (FTS5). Their fusion is the search itself (`retrieval`)."""
+    """Recall@k of each ranking the search fuses, alone: the nearest by meaning and the best
+    matches by words, over the chunks as answering holds them (assistants/knowledge/held.py).
+    Their fusion is the search itself (`retrieval`)."""
     assistant = core.assistants.get(TERMINAL, "docs")
-    index = core.knowledge_index()
+    held = core.held_knowledge.of(assistant.id)
+    assert held is not None
     found = {"meaning": 0, "words": 0}
     for item in items:
-        vector = index.embedder.embed_one(item["question"])
+        cosines = held.cosines(core.embedder.embed_one(item["question"]))
         lists = {
-            "meaning": [h.example_id for h in index.query(assistant.id, vector, k)],
-            "words": word_matches(core.db, assistant.id, item["question"], k),
+            "meaning": [held.ids[row] for row in np.argsort(-cosines, kind="stable")[:k]],
+            "words": held.words.best(item["question"], k),
         }
         for name, ids in lists.items():
             found[name] += bool(gold[item["id"]] & set(ids))

@@ -323,6 +323,34 @@ def m011_knowledge_words(db: Database) -> None:
     )
 
 
+@migrations()
+def m012_knowledge_stamp(db: Database) -> None:
+    # A mark of the state of an assistant's knowledge, so a process holding a copy of its chunks
+    # in memory (assistants/knowledge/held.py) sees at one lookup whether the copy is current.
+    # Every write of the knowledge index is bracketed by writes of `knowledge_dirty` (mark
+    # before, unmark, repair or reindex after), and each of those draws a new stamp here.
+    # Random rather than counted: an assistant created later under a deleted one's id never
+    # meets a stamp of the old one's.
+    db.execute("ALTER TABLE assistants ADD COLUMN knowledge_stamp INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE assistants SET knowledge_stamp = random()")
+    db.execute(
+        """CREATE TRIGGER knowledge_stamp AFTER UPDATE OF knowledge_dirty ON assistants BEGIN
+            UPDATE assistants SET knowledge_stamp = random() WHERE id = new.id;
+        END"""
+    )
+
+
+@migrations()
+def m013_knowledge_words_held(db: Database) -> None:
+    # The words ranking moved into memory, per assistant (assistants/knowledge/held.py): BM25
+    # over an FTS5 table shared by every assistant read each word's rows across all of their
+    # chunks (its cost grew with every assistant's files, and their counts weighed on each
+    # other's scores). The table of m011 and its triggers go; the texts stay in knowledge_chunks.
+    for trigger in ("add", "drop", "change"):
+        db.execute(f"DROP TRIGGER IF EXISTS knowledge_words_{trigger}")
+    db.execute("DROP TABLE IF EXISTS knowledge_words")
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

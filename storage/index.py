@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from storage.batching import Batcher
-from storage.embeddings import Embedder
+from storage.embeddings import DIMENSION, Embedder
 from storage.errors import FewtuneError
 from storage.locks import file_lock
 from storage.settings import IndexSettings, Settings
@@ -111,6 +111,22 @@ class ExampleIndex:
                 f"The example index at {self.settings.chroma_url} is unavailable: {exc}"
             ) from exc
 
+    @contextmanager
+    def _readable(self) -> Iterator[None]:
+        """Embedded chromadb keeps each collection's state in the process that opened it, and a
+        write by another process to the same folder can leave it unreadable here ("Error finding
+        id") until this process opens the folder again: one sentence, not a traceback."""
+        from chromadb.errors import ChromaError
+
+        try:
+            yield
+        except ChromaError as exc:
+            raise IndexUnavailable(
+                f"The {self.prefix} index at {self.settings.chroma_url or self._path} could not be "
+                f"read ({exc}); if another process changed it, restart this one, or keep the "
+                "index in a Chroma server ([index] chroma_url) for several processes."
+            ) from exc
+
     def _collection(self, assistant_id: int) -> Any:
         found = self._collections.get(assistant_id)
         if found is None:
@@ -185,6 +201,23 @@ class ExampleIndex:
             if len(got["ids"]) < page:
                 return found
             offset += page
+
+    def everything(self, assistant_id: int) -> tuple[list[int], np.ndarray]:
+        """Every id in the assistant's collection and its vector, one row each (float32)."""
+        collection = self._collection(assistant_id)
+        ids: list[int] = []
+        rows: list[np.ndarray] = []
+        offset, page = 0, 10_000
+        while True:
+            with self._answering(), self._readable():
+                got = collection.get(include=["embeddings"], limit=page, offset=offset)
+            ids.extend(int(i) for i in got["ids"])
+            if len(got["ids"]):
+                rows.append(np.asarray(got["embeddings"], dtype=np.float32))
+            if len(got["ids"]) < page:
+                break
+            offset += page
+        return ids, np.concatenate(rows) if rows else np.zeros((0, DIMENSION), np.float32)
 
     def count(self, assistant_id: int) -> int:
         collection = self._collection(assistant_id)

@@ -1,14 +1,16 @@
-"""Hybrid retrieval of knowledge (assistants/knowledge/ranking.py): the words index (FTS5) finds
-what the embedding blurs, stays in step with the chunks through every write and delete, keeps
-each assistant to its own chunks, takes any message as words (never as query syntax), and is
-built for chunks stored before it existed."""
+"""Hybrid retrieval of knowledge (assistants/knowledge/ranking.py): the words ranking (BM25 over
+the assistant's own chunks) finds what the embedding blurs, follows every write and delete,
+keeps each assistant to its own chunks and its own counts, and reads any message as words; the
+fused results keep their cosine scores."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from assistants import TERMINAL, Core
-from assistants.knowledge.ranking import rank, word_matches, words_query
+from assistants.knowledge.ranking import Words, rank, words
 
 # Forty near-alike paragraphs (one chunk each: a heading apiece) and one that alone names a
 # part code. The code is a rare string an embedding reads as noise; its words find it.
@@ -20,15 +22,6 @@ CODE = "# Seal\nThe seal for the base is part XQ7731, sold in the shop with the 
 DOC = f"{PARTS}\n\n{CODE}\n".encode()
 
 
-def words_rows(core: Core, assistant_id: int) -> int:
-    """How many chunks of the assistant the words index holds."""
-    row = core.db.execute(
-        "SELECT count(*) FROM knowledge_words WHERE knowledge_words MATCH ?",
-        [f"owner:a{assistant_id}"],
-    ).fetchone()
-    return int(row[0])
-
-
 @pytest.fixture
 def kettle(core):
     assistant = core.assistants.create(TERMINAL, "kettle", "Answer from the manual.")
@@ -36,10 +29,16 @@ def kettle(core):
     return assistant
 
 
+def by_words(core: Core, assistant_id: int, text: str, n: int = 5) -> list[str]:
+    """The texts of the assistant's n chunks that best match the text's words."""
+    held = core.held_knowledge.of(assistant_id)
+    ids = held.words.best(text, n) if held else []
+    found = dict(core.db.execute("SELECT id, text FROM knowledge_chunks").fetchall())
+    return [found[i] for i in ids]
+
+
 def test_a_rare_word_is_found_by_its_words(core, kettle):
-    ids = word_matches(core.db, kettle.id, "which part is XQ7731?", 5)
-    first = core.db.execute("SELECT text FROM knowledge_chunks WHERE id = ?", [ids[0]]).fetchone()
-    assert "XQ7731" in first[0]
+    assert "XQ7731" in by_words(core, kettle.id, "which part is XQ7731?")[0]
     found = core.knowledge.search(TERMINAL, "kettle", "which part is XQ7731?", k=1)
     assert "XQ7731" in found[0].chunk.text
     assert -1.0 <= found[0].score <= 1.0  # still the cosine similarity, for min_score
@@ -49,60 +48,71 @@ def test_fused_results_keep_their_cosine_scores(core, kettle):
     index = core.knowledge_index()
     text = "which part is XQ7731?"
     vector = index.embedder.embed_one(text)
-    ranked = rank(core.db, index, kettle.id, text, vector, 4)
+    ranked = rank(core.held_knowledge.of(kettle.id), text, vector, 4)
     assert len(ranked) == 4 and len({r.chunk_id for r in ranked}) == 4
     stored = index.vectors(kettle.id, [r.chunk_id for r in ranked])
     for r in ranked:
         assert r.score == pytest.approx(float(stored[r.chunk_id] @ vector), abs=1e-4)
 
 
-def test_the_words_index_follows_adds_removes_and_deletes(core, kettle):
-    chunks = core.db.execute(
-        "SELECT count(*) FROM knowledge_chunks WHERE assistant_id = ?", [kettle.id]
-    ).fetchone()[0]
-    assert words_rows(core, kettle.id) == chunks == 41
+def test_the_words_follow_adds_removes_and_deletes(core, kettle):
     added = core.knowledge.add(TERMINAL, "kettle", [("extra.txt", b"Descale it every month.")])
-    assert words_rows(core, kettle.id) == 42
+    assert by_words(core, kettle.id, "descale") == ["Descale it every month."]
     core.knowledge.remove(TERMINAL, "kettle", added[0].id)
-    assert words_rows(core, kettle.id) == 41
-    assert word_matches(core.db, kettle.id, "descale", 5) == []
-    core.assistants.delete(TERMINAL, "kettle")  # cascades to its chunks, and so to their words
-    assert words_rows(core, kettle.id) == 0
+    assert by_words(core, kettle.id, "descale") == []
+    core.assistants.delete(TERMINAL, "kettle")
+    assert core.held_knowledge.of(kettle.id) is None
 
 
 def test_an_assistant_never_finds_another_ones_words(core, kettle):
-    other = core.assistants.create(TERMINAL, "other", "x")
+    core.assistants.create(TERMINAL, "other", "x")
     core.knowledge.add(TERMINAL, "other", [("notes.txt", b"Nothing about seals here at all.")])
-    assert word_matches(core.db, other.id, "XQ7731", 5) == []
+    other = core.assistants.get(TERMINAL, "other")
+    assert by_words(core, other.id, "XQ7731") == []
     assert all(
         "XQ7731" not in f.chunk.text for f in core.knowledge.search(TERMINAL, "other", "XQ7731")
     )
+
+
+def test_scores_count_the_assistants_own_chunks_only(core, kettle):
+    # Another assistant full of "seal" makes the word no commoner for the kettle's manual.
+    core.assistants.create(TERMINAL, "seals", "x")
+    many = "\n\n".join(f"# Seal {n}\nA seal {n} swims in the sea." for n in range(30))
+    core.knowledge.add(TERMINAL, "seals", [("seals.md", many.encode())])
+    held = core.held_knowledge.of(kettle.id)
+    alone = Words(
+        *zip(
+            *core.db.execute(
+                "SELECT id, text FROM knowledge_chunks WHERE assistant_id = ? ORDER BY id",
+                [kettle.id],
+            ).fetchall(),
+            strict=True,
+        )
+    )
+    assert held.words.best("seal base", 5) == alone.best("seal base", 5)
+
+
+def test_bm25_by_hand():
+    # Three chunks; "tea" in two, "green" in one: the idf and the length norm as documented.
+    index = Words([10, 11, 12], ["green tea", "tea tea tea and more words here", "coffee"])
+    assert index.best("green tea", 3) == [10, 11]
+    assert index.best("coffee", 3) == [12]
+    assert index.best("nothing matches", 3) == []
+    idf = math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
+    assert idf > math.log(1 + (3 - 2 + 0.5) / (2 + 0.5)) > 0  # rarer words weigh more
 
 
 @pytest.mark.parametrize(
     "text",
     ['"', "AND OR NOT", "NEAR(a b)", "owner:a1", "*", "^start", "a - b", "🫖 ☕", "x" * 5000],
 )
-def test_any_message_is_words_never_query_syntax(core, kettle, text):
-    word_matches(core.db, kettle.id, text, 5)  # no FTS5 syntax error, whatever was typed
+def test_any_message_is_read_as_words(core, kettle, text):
+    by_words(core, kettle.id, text)
     core.knowledge.search(TERMINAL, "kettle", text)
 
 
-def test_a_message_without_words_ranks_by_meaning_alone():
-    assert words_query("?! … 🫖") is None
-    assert words_query("Part part PART x") == '"part" OR "x"'
-
-
-def test_chunks_stored_before_the_words_index_are_put_in_it(core, kettle, fewtune_home, embedder):
-    core.db.execute("DROP TABLE knowledge_words")  # as a database made before m011 has it
-    for trigger in ("add", "drop", "change"):
-        core.db.execute(f"DROP TRIGGER knowledge_words_{trigger}")
-    core.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm011_knowledge_words'")
-    core.db.conn.commit()
-    again = Core.open(fewtune_home, embedder=embedder)
-    try:
-        assert words_rows(again, kettle.id) == 41
-        found = again.knowledge.search(TERMINAL, "kettle", "XQ7731", k=1)
-        assert "XQ7731" in found[0].chunk.text
-    finally:
-        again.close()
+def test_words_are_case_folded_without_diacritics_and_split_at_underscores():
+    assert words("Café STRASSE naïve_user 42") == ["cafe", "strasse", "naive", "user", "42"]
+    assert words("Straße") == ["strasse"]
+    assert words("?! … 🫖") == []
+    assert words("日本語のテキスト") == ["日本語のテキスト"]

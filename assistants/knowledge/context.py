@@ -1,19 +1,19 @@
 """Knowledge for one message: the assistant's chunks that answer it best (by meaning and by
 words, ranking.py; at most `knowledge_k`, each at least `min_score` alike), best first, with
-their files and locations. An assistant without knowledge costs one SQLite lookup and no index
-query. Given the chunk ids a reply was answered with (a training chat rebuilt as served), those
-chunks come back instead, in that order."""
+their files and locations. An assistant without knowledge costs one SQLite lookup and opens no
+index (held.py). Given the chunk ids a reply was answered with (a training chat rebuilt as
+served), those chunks come back instead, in that order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlite_utils import Database
 
+from assistants.knowledge.held import HeldKnowledge
 from assistants.knowledge.ranking import rank
-from storage.index import ExampleIndex
 from storage.settings import KnowledgeSettings
 
 
@@ -61,16 +61,9 @@ def sources_line(sources: Sequence[Source]) -> str:
     return "Sources: " + " · ".join(f"[{s.number}] {s.label}" for s in sources)
 
 
-def has_knowledge(db: Database, assistant_id: int) -> bool:
-    row = db.execute(
-        "SELECT 1 FROM knowledge_chunks WHERE assistant_id = ? LIMIT 1", [assistant_id]
-    ).fetchone()
-    return row is not None
-
-
 def knowledge_for(
     db: Database,
-    index: Callable[[], ExampleIndex],
+    held_knowledge: HeldKnowledge,
     settings: KnowledgeSettings,
     assistant_id: int,
     text: str,
@@ -82,14 +75,12 @@ def knowledge_for(
     example selection already embedded it (same embedder: no second embedding)."""
     if chunk_ids is not None:
         return passages(db, assistant_id, chunk_ids)
-    if not has_knowledge(db, assistant_id):
+    held = held_knowledge.of(assistant_id)
+    if held is None:
         return []
-    opened = index()
-    vector = query if query is not None else opened.embedder.embed_one(text)
+    vector = query if query is not None else held_knowledge.index().embedder.embed_one(text)
     hits = [
-        h
-        for h in rank(db, opened, assistant_id, text, vector, settings.knowledge_k)
-        if h.score >= settings.min_score
+        h for h in rank(held, text, vector, settings.knowledge_k) if h.score >= settings.min_score
     ]
     score_of = {h.chunk_id: h.score for h in hits}
     return [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins  # the `list` method below shadows the built-in in annotations
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from assistants.assistant import Assistant, Assistants, now
 from assistants.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFound
 from assistants.knowledge.chunks import Piece, chunk
 from assistants.knowledge.extract import extract, kind_of
+from assistants.knowledge.held import HeldKnowledge
 from assistants.knowledge.ranking import rank
 from assistants.text import check_text
 from storage.index import ExampleIndex
@@ -83,13 +84,14 @@ class Knowledge:
         db: Database,
         assistants: Assistants,
         settings: KnowledgeSettings,
-        index: Callable[[], ExampleIndex],
+        held: HeldKnowledge,
         lock: threading.RLock,
     ) -> None:
         self.db = db
         self.assistants = assistants
         self.settings = settings
-        self._index = index
+        self.held = held
+        self._index = held.index
         self.lock = lock
 
     # -- reading -------------------------------------------------------------------------------
@@ -114,10 +116,11 @@ class Knowledge:
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"-k must be from 1 to {MAX_K}.")
         assistant = self.assistants.get_managed(actor, name, "search the knowledge of")
-        if not self._chunk_count(assistant.id):
+        held = self.held.of(assistant.id)
+        if held is None:
             return []
-        index = self._index()
-        hits = rank(self.db, index, assistant.id, query, index.embedder.embed_one(query), k)
+        vector = self._index().embedder.embed_one(query)
+        hits = rank(held, query, vector, k)
         ids = [h.chunk_id for h in hits]
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
