@@ -189,34 +189,31 @@ class ExampleIndex:
         except Exception:  # chromadb raises NotFoundError/ValueError by version when it is absent
             log.debug("collection of assistant %s was already absent", assistant_id)
 
-    def ids(self, assistant_id: int) -> set[int]:
-        """Every example id in the assistant's collection (for repair)."""
+    def _pages(self, assistant_id: int, include: list[str]) -> Iterator[Any]:
+        """The assistant's whole collection, a page of `collection.get` at a time."""
         collection = self._collection(assistant_id)
-        found: set[int] = set()
         offset, page = 0, 10_000
         while True:
             with self._answering():
-                got = collection.get(include=[], limit=page, offset=offset)
-            found.update(int(i) for i in got["ids"])
+                got = collection.get(include=include, limit=page, offset=offset)
+            yield got
             if len(got["ids"]) < page:
-                return found
+                return
             offset += page
+
+    def ids(self, assistant_id: int) -> set[int]:
+        """Every example id in the assistant's collection (for repair)."""
+        return {int(i) for got in self._pages(assistant_id, []) for i in got["ids"]}
 
     def everything(self, assistant_id: int) -> tuple[list[int], np.ndarray]:
         """Every id in the assistant's collection and its vector, one row each (float32)."""
-        collection = self._collection(assistant_id)
         ids: list[int] = []
         rows: list[np.ndarray] = []
-        offset, page = 0, 10_000
-        while True:
-            with self._answering(), self._readable():
-                got = collection.get(include=["embeddings"], limit=page, offset=offset)
-            ids.extend(int(i) for i in got["ids"])
-            if len(got["ids"]):
-                rows.append(np.asarray(got["embeddings"], dtype=np.float32))
-            if len(got["ids"]) < page:
-                break
-            offset += page
+        with self._readable():
+            for got in self._pages(assistant_id, ["embeddings"]):
+                ids.extend(int(i) for i in got["ids"])
+                if len(got["ids"]):
+                    rows.append(np.asarray(got["embeddings"], dtype=np.float32))
         return ids, np.concatenate(rows) if rows else np.zeros((0, DIMENSION), np.float32)
 
     def count(self, assistant_id: int) -> int:

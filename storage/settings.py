@@ -32,7 +32,7 @@ Example `fewtune.toml`:
     max_chunks = 2000                  # per assistant, all files together
     knowledge_k = 4                    # chunks put in a prompt
     min_score = 0.3                    # cosine similarity a chunk needs to be put there
-    memory_mb = 256                    # knowledge vectors held for exact search, per process
+    memory_mb = 256                    # knowledge held for exact search, per process
 
     [evaluation]                       # the gate a promotion passes before its switch
     judge = "openai:gpt-4o-mini"       # optional: a judge model compares answers head to head
@@ -204,8 +204,8 @@ class KnowledgeSettings:
     max_chunks: int = 2000  # per assistant: about 400,000 word pieces of text
     knowledge_k: int = 4
     min_score: float = 0.3
-    # The assistants' knowledge vectors a process holds for exact search (3 MB for an assistant
-    # at max_chunks); beyond it, the least recently used are read from the index again.
+    # The assistants' knowledge (vectors and words) a process holds for exact search (3 MB of
+    # vectors for an assistant at max_chunks); beyond it, the least recently used are read again.
     memory_mb: int = 256
 
     def __post_init__(self) -> None:

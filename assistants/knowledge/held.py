@@ -14,8 +14,8 @@ read under: every write of the knowledge index draws a new stamp as it ends, in 
 any other, so the next message reads the copy again. Checking costs one SQLite lookup, which
 also answers "has it any knowledge?" (none: no index is opened). Where the index cannot be read
 again (embedded chromadb after another process wrote to it), the copy as it was answers, with a
-warning in the log. Copies of the assistants used
-least recently are dropped beyond `[knowledge] memory_mb`.
+warning in the log. Copies of the assistants used least recently are dropped beyond
+`[knowledge] memory_mb`.
 """
 
 from __future__ import annotations
