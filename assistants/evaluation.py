@@ -4,9 +4,11 @@ few-shot (the assistant as it is, with its k retrieved examples), the fine-tuned
 (k = 0) and the fine-tuned model with the retrieved examples (the hybrid). Each held-out chat's
 prompt is built exactly as serving builds it (`Chat.compose`), leaving out what training left
 out (leave one out). Per item: exact match (after trimming and case-folding), token F1 of the
-answer generated at temperature 0, and the likelihood of the owner's answer where the provider
-can score (assistants/likelihood.py); then, where a judge is set, the judge's verdicts
-(assistants/judge.py). assistants/gate.py turns them into the stored evaluation and decision.
+answer generated at temperature 0, and, where the provider can score (assistants/likelihood.py),
+the likelihood of the owner's answer and its margin: how much more likely the answer is after its
+own prompt than after another held-out chat's prompt (`distractors`). Then, where a judge is set,
+the judge's verdicts (assistants/judge.py). assistants/gate.py turns them into the stored
+evaluation and decision.
 """
 
 from __future__ import annotations
@@ -44,6 +46,27 @@ def token_f1(answer: str, target: str) -> float:
         return 0.0
     precision, recall = common / len(a), common / len(t)
     return 2 * precision * recall / (precision + recall)
+
+
+def distractors(items: list[HeldOutItem]) -> list[int] | None:
+    """For each item, the held-out chat whose prompt its answer is also scored after: the next one
+    (in the split's order, wrapping) with another question and another answer, so the margin
+    compares the same answer tokens after its own question and after an unrelated one. None
+    when no item has such a neighbour (one item, or every answer the same)."""
+    n = len(items)
+    found: list[int] = []
+    for i, item in enumerate(items):
+        for step in range(1, n):
+            j = (i + step) % n
+            other = items[j]
+            if normalise(other.target) != normalise(item.target) and normalise(
+                other.question
+            ) != normalise(item.question):
+                found.append(j)
+                break
+        else:
+            return None
+    return found
 
 
 @dataclass(frozen=True)
@@ -92,31 +115,43 @@ class Evaluation:
         """The summarised evaluation (assistants/gate.py's layout and decision)."""
         notes: list[str] = []
         scoring = True  # until the provider says it cannot score
+        others = distractors(items)
+        if others is None and items:
+            notes.append(
+                "No two held-out chats differ in question and answer, so the likelihood margin "
+                "was skipped."
+            )
         answers: dict[str, list[str]] = {}
         scored: dict[str, dict[str, Any]] = {}
         for label, setting in settings.items():
             exact: list[int] = []
             f1: list[float] = []
             log_probs: list[float] = []
+            margins: list[float] = []
             answers[label] = []
-            for item in items:
-                messages = await self._compose(item, setting.k)
+            prompts = [await self._compose(item, setting.k) for item in items]
+            paired: list[int | None] = list(others) if others else [None] * len(items)
+            for item, messages, other in zip(items, prompts, paired, strict=True):
                 answer = await self._answer(setting.model, messages)
                 answers[label].append(answer)
                 exact.append(int(normalise(answer) == normalise(item.target)))
                 f1.append(token_f1(answer, item.target))
                 if scoring:
                     try:
-                        log_probs.append(
-                            await mean_log_prob(
-                                self.providers, setting.model, messages, item.target
-                            )
+                        own = await mean_log_prob(
+                            self.providers, setting.model, messages, item.target
                         )
+                        log_probs.append(own)
+                        if other is not None:
+                            after_other = await mean_log_prob(
+                                self.providers, setting.model, prompts[other], item.target
+                            )
+                            margins.append(own - after_other)
                     except CannotScore as exc:
                         scoring = False
                         notes.append(str(exc))
             scored[label] = {"model": str(setting.model), "k": setting.k, "exact": exact, "f1": f1}
-            scored[label]["log_prob"] = log_probs
+            scored[label].update(log_prob=log_probs, margin=margins)
             if on_progress:
                 await on_progress(f"{label}: {sum(exact)}/{len(items)} exact")
         judged = await self._judge(items, answers, judge, notes, on_progress)
@@ -124,7 +159,12 @@ class Evaluation:
         return summarise(
             {
                 label: setting_scores(
-                    s["model"], s["k"], s["exact"], s["f1"], s["log_prob"] if scoring else None
+                    s["model"],
+                    s["k"],
+                    s["exact"],
+                    s["f1"],
+                    s["log_prob"] if scoring else None,
+                    s["margin"] if scoring and others is not None else None,
                 )
                 for label, s in scored.items()
             },

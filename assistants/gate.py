@@ -8,8 +8,9 @@ and Discord's message all read one record. Layout of a promotion's `evaluation`:
   `forced` after a forced switch), `tests`;
 - per setting (`few_shot`, `fine_tuned`, `fine_tuned_with_examples`): `model`, `k`,
   `exact_match`, `token_f1`, `outcomes` (exact match per item), `log_prob` (mean; None when the
-  provider cannot score), `scores` (per item: exact_match, token_f1, log_prob), `intervals`
-  (95%: Wilson for exact match, Student's t for token F1 and log-prob);
+  provider cannot score), `margin` (mean: the log-prob after the item's own prompt minus after
+  another held-out chat's; None when not scored), `scores` (per item: exact_match, token_f1,
+  log_prob, margin), `intervals` (95%: Wilson for exact match, Student's t for the others);
 - `judge` (when one judged): `model`, and per candidate `verdicts` (1 / 0 / -1 per item),
   `wins`, `ties`, `losses`, `win_rate` with its Wilson `interval`, `disagreements`,
   `unreadable`;
@@ -23,6 +24,14 @@ so each is tested against few-shot at alpha / 2 (Bonferroni). The switch goes to
 better on the primary metric with p below that; if both are, the smaller p wins (a tie: the
 one with examples, as it is served). Below the held-out floor the gate cannot decide. Forced, the
 switch goes to the candidate that looks better on the primary metric, significant or not.
+
+The margin is a guard on the likelihood, not a metric of its own: most of an answer's tokens
+are its style (a greeting, a frame, a sign-off), so a model that learned the style and lost
+what answers which question still raises the likelihood. The margin cancels the style (the
+same answer tokens, after their own question and after another one) and keeps what depends on
+the question. With the likelihood primary, a candidate significantly worse than few-shot on the
+margin (p below the same threshold) does not switch, however much likelier it finds the
+answers. A judge reads the facts itself, so the guard is not applied to its verdicts.
 """
 
 from __future__ import annotations
@@ -42,12 +51,14 @@ LABELS = {
 METRICS = {
     "judge": "the judge's verdicts",
     "log_prob": "the likelihood of the owner's answers",
+    "margin": "the likelihood margin of the owner's answers over another chat's prompt",
     "exact_match": "exact match",
     "token_f1": "token F1",
 }
 TESTS = {
     "judge": "exact sign test",
     "log_prob": "Wilcoxon signed-rank",
+    "margin": "Wilcoxon signed-rank",
     "exact_match": "exact McNemar",
     "token_f1": "Wilcoxon signed-rank",
 }
@@ -59,6 +70,7 @@ def setting_scores(
     exact: Sequence[int],
     f1: Sequence[float],
     log_prob: Sequence[float] | None,
+    margin: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """One setting's stored scores: means, per item, 95% intervals."""
     n = len(exact)
@@ -70,12 +82,16 @@ def setting_scores(
     if log_prob is not None:
         scores["log_prob"] = list(log_prob)
         intervals["log_prob"] = list(stats.t_interval(log_prob))
+    if margin is not None:
+        scores["margin"] = list(margin)
+        intervals["margin"] = list(stats.t_interval(margin))
     return {
         "model": model,
         "k": k,
         "exact_match": sum(exact) / n if n else 0.0,
         "token_f1": stats.mean(f1),
         "log_prob": stats.mean(log_prob) if log_prob is not None else None,
+        "margin": stats.mean(margin) if margin is not None else None,
         "outcomes": list(exact),
         "scores": scores,
         "intervals": intervals,
@@ -175,6 +191,12 @@ def _fmt_p(p: float) -> str:
     return f"p={p:.3f}" if p >= 0.001 else "p<0.001"
 
 
+def _loses_margin(tests: dict[str, Any], threshold: float) -> bool:
+    """Whether a candidate is significantly worse than few-shot on the likelihood margin."""
+    margin = tests.get("margin")
+    return margin is not None and margin["difference"] < 0 and margin["p"] < threshold
+
+
 def decide(evaluation: dict[str, Any]) -> dict[str, Any]:
     """The gate's decision on a summarised evaluation: whether to switch, to which candidate,
     and why, in one sentence."""
@@ -199,6 +221,23 @@ def decide(evaluation: dict[str, Any]) -> dict[str, Any]:
         for c in CANDIDATES
         if c in found and found[c]["difference"] > 0 and found[c]["p"] < threshold
     ]
+    guarded = [c for c in winners if metric == "log_prob" and _loses_margin(tests[c], threshold)]
+    winners = [c for c in winners if c not in guarded]
+    if guarded and not winners:
+        c = min(reversed(guarded), key=lambda c: found[c]["p"])
+        margin = tests[c]["margin"]
+        decision.update(
+            p=found[c]["p"],
+            guard={"metric": "margin", "p": margin["p"], "difference": margin["difference"]},
+            reason=(
+                f"{LABELS[c].capitalize()} finds the owner's answers likelier than few-shot does "
+                f"({_fmt_p(found[c]['p'])}), but less tied to their questions (likelihood "
+                f"margin {margin['difference']:+.3f} per token, {TESTS['margin']}, "
+                f"{_fmt_p(margin['p'])} < {threshold:g}): it learned the style more than the "
+                "answers, so the assistant keeps its model (--force switches anyway)."
+            ),
+        )
+        return decision
     if winners:
         best = min(reversed(winners), key=lambda c: found[c]["p"])
         p = found[best]["p"]

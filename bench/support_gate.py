@@ -141,8 +141,10 @@ def show(label: str, evaluation: dict[str, Any]) -> None:
         lp, lp_ci = s["log_prob"], s["intervals"].get("log_prob")
         f1, f1_ci = s["token_f1"], s["intervals"]["token_f1"]
         likelihood = f"{lp:7.3f} ({lp_ci[0]:.3f} to {lp_ci[1]:.3f})" if lp is not None else "-"
+        m, m_ci = s.get("margin"), s["intervals"].get("margin")
+        margin = f"{m:+.3f} ({m_ci[0]:+.3f} to {m_ci[1]:+.3f})" if m is not None else "-"
         print(
-            f"  {LABELS[setting]:24} log-prob/token {likelihood}  "
+            f"  {LABELS[setting]:24} log-prob/token {likelihood}  margin {margin}  "
             f"F1 {f1:.3f} ({f1_ci[0]:.3f}-{f1_ci[1]:.3f})  exact {s['exact_match']:.1%}"
         )
     for candidate, tests in evaluation["tests"].items():

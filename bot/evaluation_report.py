@@ -45,6 +45,11 @@ def setting_line(evaluation: dict[str, Any], key: str, label: str) -> str:
             f"log-prob/token {r['log_prob']:.3f}{_interval(intervals.get('log_prob'), '.3f')}"
             + _versus(evaluation, key, "log_prob")
         )
+    if r.get("margin") is not None:
+        parts.append(
+            f"margin {r['margin']:+.3f}{_interval(intervals.get('margin'), '+.3f')}"
+            + _versus(evaluation, key, "margin")
+        )
     return f"{label} ({r['model']}, k={r['k']}): " + " · ".join(parts)
 
 

@@ -6,6 +6,12 @@ like a hosted one: any other path (`/v1/completions`, fewtune's `/v1/apply-templ
 recorded in `others`. Chat completions stream as server-sent events, one word per chunk, or
 come whole; both carry usage.
 
+Given `score(prompt, answer)`, it also scores texts as `fewtune serve` does: `/v1/apply-template`
+renders the messages as `<|role|>content` lines and a last `<|assistant|>`; `/v1/completions`
+(echo, logprobs, max_tokens 0) makes every character a token, those of the prompt with
+log-probability 0 and those of the answer (what follows the last `<|assistant|>`) with
+`score(prompt, answer)` each.
+
 It serves from threads of its own (the stdlib's ThreadingHTTPServer), so sync tests, async
 tests and the CLI's own event loop all talk to it the same way. `python tests/fake_model.py
 --delay 1` runs one in a process of its own and prints its /v1 URL (bench/discord_load.py).
@@ -45,11 +51,13 @@ class FakeModel:
         chunk_delay: float = 0.0,
         reply: str | None = None,
         respond: Callable[[dict[str, Any]], str] | None = None,
+        score: Callable[[str, str], float] | None = None,
     ):
         self.delay = delay  # seconds before every answer
         self.chunk_delay = chunk_delay  # seconds between streamed chunks
         self.reply = reply  # the answer when nothing is queued (default: the echo)
         self.respond = respond  # or the answer as a function of the request's body
+        self.score = score  # the log-prob of each answer character, when it scores texts
         self.history: list[dict[str, Any]] = []  # every chat request's body, in order
         self.others: list[str] = []  # the paths of other requests (answered 404)
         self._queue: deque[Scripted] = deque()
@@ -122,7 +130,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (the http.server API)
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        path = self.path.rstrip("/")
+        if self.model.score is not None and path in ("/v1/apply-template", "/v1/completions"):
+            self._json(200, self._scored(path, body))
+            return
+        if path != "/v1/chat/completions":
             with self.model._lock:
                 self.model.others.append(self.path)
             self._json(404, {"error": {"message": f"No route {self.path}.", "type": "fake"}})
@@ -145,6 +157,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             choice = {"index": 0, "finish_reason": "stop", "message": message}
             completion = {**_head(body, "chat.completion"), "choices": [choice]}
             self._json(200, {**completion, "usage": _usage(body, scripted.chunks or [])})
+
+    def _scored(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.model.score is not None
+        if path == "/v1/apply-template":
+            lines = [f"<|{m['role']}|>{m['content']}" for m in body["messages"]]
+            return {"prompt": "\n".join([*lines, ASSISTANT])}
+        text = body["prompt"]
+        cut = text.rindex(ASSISTANT) + len(ASSISTANT)
+        value = self.model.score(text[:cut], text[cut:])
+        logprobs = {
+            "tokens": list(text),
+            "token_logprobs": [None] + [0.0 if i < cut else value for i in range(1, len(text))],
+            "text_offset": list(range(len(text))),
+            "top_logprobs": None,
+        }
+        choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": logprobs}
+        return {**_head(body, "text_completion"), "choices": [choice]}
 
     def _stream(self, body: dict[str, Any], chunks: list[str]) -> None:
         self._events_head()
@@ -177,6 +206,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+ASSISTANT = "<|assistant|>"  # where a scored prompt ends and its answer begins
 
 
 def _head(body: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -218,3 +218,68 @@ async def test_too_few_held_out_chats_cannot_decide(fewtune_home, embedder):
         "decide; collect more or --force."
     )
     assert not ended.switched and switched_to is None
+
+
+def asked(prompt: str) -> str:
+    """The question a scored prompt ends with (its last user line)."""
+    return prompt.rsplit("<|user|>", 1)[1].split("\n", 1)[0]
+
+
+def answers_its_question(prompt: str, answer: str) -> bool:
+    return asked(prompt).replace("question", "answer") == answer
+
+
+def scores(tied: float, untied: float):
+    """A scoring model: each answer character has log-prob `tied` after the answer's own
+    question and `untied` after any other."""
+    return lambda prompt, answer: tied if answers_its_question(prompt, answer) else untied
+
+
+async def test_a_model_that_learned_the_style_but_not_the_answers_does_not_switch(
+    fewtune_home, embedder
+):
+    # Few-shot: -1.0 per token after the right question, -2.0 after another (margin +1). The
+    # candidate finds every answer likelier (-0.5) whatever the question: its margin is 0.
+    with (
+        FakeModel(reply="x", score=scores(-1.0, -2.0)) as few,
+        FakeModel(reply="x", score=scores(-0.5, -0.5)) as tuned,
+    ):
+        ended, questions, switched_to = await evaluate(fewtune_home, embedder, few, tuned)
+    n = len(questions)
+    ev = ended.evaluation
+    assert ev["primary"] == "log_prob"
+    assert ev["few_shot"]["scores"]["log_prob"] == pytest.approx([-1.0] * n)
+    assert ev["few_shot"]["scores"]["margin"] == pytest.approx([1.0] * n)
+    for candidate in ("fine_tuned", "fine_tuned_with_examples"):
+        assert ev[candidate]["margin"] == pytest.approx(0.0)
+        assert ev["tests"][candidate]["log_prob"]["difference"] == pytest.approx(0.5)
+        assert ev["tests"][candidate]["log_prob"]["p"] < ev["threshold"]
+        assert ev["tests"][candidate]["margin"]["difference"] == pytest.approx(-1.0)
+        assert ev["tests"][candidate]["margin"]["p"] == pytest.approx(2 / 2**n)
+    decision = ev["decision"]
+    assert not decision["switch"] and not ended.switched and switched_to is None
+    assert decision["guard"]["metric"] == "margin"
+    assert decision["reason"] == (
+        "Fine-tuned + examples finds the owner's answers likelier than few-shot does (p<0.001), "
+        "but less tied to their questions (likelihood margin -1.000 per token, Wilcoxon "
+        "signed-rank, p<0.001 < 0.025): it learned the style more than the answers, so the "
+        "assistant keeps its model (--force switches anyway)."
+    )
+
+
+async def test_a_model_likelier_on_the_answers_and_as_tied_to_the_questions_switches(
+    fewtune_home, embedder
+):
+    with (
+        FakeModel(reply="x", score=scores(-1.0, -2.0)) as few,
+        FakeModel(reply="x", score=scores(-0.5, -1.5)) as tuned,
+    ):
+        ended, _, switched_to = await evaluate(fewtune_home, embedder, few, tuned)
+    ev = ended.evaluation
+    assert ev["fine_tuned"]["margin"] == pytest.approx(1.0)
+    assert ev["tests"]["fine_tuned"]["margin"]["difference"] == pytest.approx(0.0)
+    assert ev["decision"]["switch"] and "guard" not in ev["decision"]
+    assert ev["decision"]["reason"].startswith(
+        "Fine-tuned + examples beats few-shot on the likelihood of the owner's answers"
+    )
+    assert ended.switched and switched_to == "tuned:ft"

@@ -28,7 +28,8 @@ def evaluation() -> dict:
         exact = [int(r.random() < hit) for _ in range(n)]
         f1 = [round(r.random(), 3) for _ in range(n)]
         log_prob = [round(-2 + shift + r.gauss(0, 0.5), 4) for _ in range(n)]
-        return setting_scores("m", 2, exact, f1, log_prob)
+        margin = [round(0.3 + shift + r.gauss(0, 0.2), 4) for _ in range(n)]
+        return setting_scores("m", 2, exact, f1, log_prob, margin)
 
     settings = {
         "few_shot": one(0.2, 0.0),
@@ -73,6 +74,8 @@ def figures(ev: dict) -> list[str]:
         shown.append(f"token F1 {r['token_f1']:.3f} [{low:.3f}, {high:.3f}]")
         low, high = r["intervals"]["log_prob"]
         shown.append(f"log-prob/token {r['log_prob']:.3f} [{low:.3f}, {high:.3f}]")
+        low, high = r["intervals"]["margin"]
+        shown.append(f"margin {r['margin']:+.3f} [{low:+.3f}, {high:+.3f}]")
     for key in ("fine_tuned", "fine_tuned_with_examples"):
         for test in ev["tests"][key].values():
             p = test["p"]

@@ -1,7 +1,7 @@
 """A promotion's evaluation as a PNG: each setting's scores with their 95% intervals, one panel
-per metric (exact match, token F1, log-probability per token where scored, the judge's win
-rate where one judged). Like the loss curve: a pure function, stored numbers in, bytes out,
-drawn once at the end of a promotion on the bot's loop (tens of milliseconds)."""
+per metric (exact match, token F1, log-probability per token and its margin where scored, the
+judge's win rate where one judged). Like the loss curve: a pure function, stored numbers in,
+bytes out, drawn once at the end of a promotion on the bot's loop (tens of milliseconds)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _panels(evaluation: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, fl
         ("exact_match", "exact match"),
         ("token_f1", "token F1"),
         ("log_prob", "log-prob / token"),
+        ("margin", "likelihood margin"),
     ):
         bars = [
             (label, evaluation[key][metric], (evaluation[key].get("intervals") or {}).get(metric))
