@@ -37,6 +37,7 @@ from assistants.ratelimit import UserRateLimiter, slow_down
 from assistants.selection import NEEDS_QUERY, select
 from assistants.text import check_text
 from storage.db import insert_row
+from storage.held import HeldExamples
 from storage.index import ExampleIndex
 from storage.settings import Settings
 
@@ -125,9 +126,11 @@ class Chat:
         lock: threading.RLock,
         executor: Executor | None = None,
         knowledge: HeldKnowledge | None = None,
+        held_examples: HeldExamples | None = None,
     ) -> None:
         self.executor = executor
         self.knowledge = knowledge
+        self.held_examples = held_examples  # exact search in memory, else the index's query
         self.db = db
         self.settings = settings
         self.assistants = assistants
@@ -516,7 +519,7 @@ class Chat:
                 all_ids = self.examples.all_ids(assistant.id)
             chosen = select(
                 assistant.selector,
-                index,
+                self.held_examples or index,
                 assistant.id,
                 k,
                 query,

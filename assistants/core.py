@@ -20,6 +20,7 @@ from assistants.promotion import Promotions
 from assistants.providers import LOCAL, ModelRef, Providers
 from storage.db import open_db
 from storage.embeddings import Embedder
+from storage.held import HeldExamples
 from storage.index import EXAMPLES, KNOWLEDGE, ExampleIndex, IndexUnavailable
 from storage.settings import Settings, load_settings
 
@@ -89,6 +90,7 @@ class Core:
             self.lock,
             self.executor,
             knowledge=self.held_knowledge,
+            held_examples=HeldExamples(self.db, self.index, settings.index),
         )
         self.feedback = FeedbackBook(self.db, self.assistants, self.examples, self.lock)
         self.privacy = Privacy(self.db, self.lock)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from assistants.coverage import cover, features
-from storage.index import ExampleIndex
+from storage.index import Hit
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,15 @@ class Selection:
     scores: list[float | None]
 
 
+class Nearest(Protocol):
+    """What finds an assistant's nearest examples: the index (`ExampleIndex`) or its copy in
+    memory (`storage.held.HeldExamples`)."""
+
+    def query(
+        self, assistant_id: int, vector: np.ndarray, n: int, with_vectors: bool = False
+    ) -> list[Hit]: ...
+
+
 MMR_LAMBDA = 0.5  # relevance vs diversity; 1.0 is plain similarity
 MMR_FETCH_FACTOR = 4  # candidates fetched per example wanted
 COVERAGE_SHORTLIST = 32  # nearest examples the coverage set is built from (docs/design.md)
@@ -34,7 +44,7 @@ NEEDS_QUERY = ("similarity", "mmr", "coverage")  # the selectors that need the m
 
 def select(
     selector: str,
-    index: ExampleIndex,
+    index: Nearest,
     assistant_id: int,
     k: int,
     query: np.ndarray | None,

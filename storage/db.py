@@ -351,6 +351,26 @@ def m013_knowledge_words_held(db: Database) -> None:
     db.execute("DROP TABLE IF EXISTS knowledge_words")
 
 
+@migrations()
+def m014_examples_stamp(db: Database) -> None:
+    # The same mark for an assistant's examples (storage/held.py holds their vectors in memory):
+    # every write of the example index is bracketed by writes of `index_dirty`, each of which
+    # draws a new stamp. A new assistant draws one too, so one created under a deleted one's id
+    # never meets the old one's stamp (0 for an assistant that never had an example).
+    db.execute("ALTER TABLE assistants ADD COLUMN examples_stamp INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE assistants SET examples_stamp = random()")
+    db.execute(
+        """CREATE TRIGGER examples_stamp AFTER UPDATE OF index_dirty ON assistants BEGIN
+            UPDATE assistants SET examples_stamp = random() WHERE id = new.id;
+        END"""
+    )
+    db.execute(
+        """CREATE TRIGGER examples_stamp_new AFTER INSERT ON assistants BEGIN
+            UPDATE assistants SET examples_stamp = random() WHERE id = new.id;
+        END"""
+    )
+
+
 class Store(Database):
     """sqlite-utils' Database, reading plain SELECTs straight from the connection.
 

@@ -19,6 +19,8 @@ Example `fewtune.toml`:
 
     [index]
     chroma_url = "http://127.0.0.1:8001"   # keep the example index in a Chroma server
+    held_examples = 2000               # assistants with at most this many: exact search in memory
+    memory_mb = 256                    # examples held for exact search, per process
 
     [chat]
     default_model = "local:SmolLM2-135M-Instruct"
@@ -120,6 +122,19 @@ class IndexSettings:
     chroma_url: str | None = None
     ef_search: int = 100
     ef_construction: int = 200
+    # An assistant with at most this many examples is searched exactly in memory (storage/held.py:
+    # 3 MB of vectors at 2,000), a larger one through the index's HNSW graph; 0: never held.
+    held_examples: int = 2000
+    memory_mb: int = 256  # the examples a process holds for exact search
+
+    def __post_init__(self) -> None:
+        for name, least in (("held_examples", 0), ("memory_mb", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise SettingsError(
+                    f"fewtune.toml: index.{name} must be a whole number of at least {least}, "
+                    f"not {value!r}."
+                )
 
 
 @dataclass(frozen=True)
