@@ -266,32 +266,39 @@ def write(results: dict[str, Any], path: Path) -> None:
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    """Mean log-probability per token of the reference answers, per setting, with 95% intervals,
-    for both adapters (few-shot is the same model in both panels)."""
+    """Per setting, with 95% intervals, for both adapters (few-shot is the same model in both
+    columns): the mean log-probability per token of the reference answers (top) and its margin
+    over another held-out chat's prompt (bottom), where the gate's guard reads."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, (kind, adapter) in zip(axes, results["adapters"].items(), strict=False):
+    adapters = list(results["adapters"].items())
+    fig, axes = plt.subplots(2, len(adapters), figsize=(5 * len(adapters), 7), squeeze=False)
+    rows = (("log_prob", "log-prob / token of the reference"), ("margin", "likelihood margin"))
+    for column, (kind, adapter) in enumerate(adapters):
         evaluation = adapter["evaluation"]
-        means = [evaluation[s]["log_prob"] for s in SETTINGS]
-        ranges = [evaluation[s]["intervals"]["log_prob"] for s in SETTINGS]
-        lows = [m - r[0] for m, r in zip(means, ranges, strict=True)]
-        highs = [r[1] - m for m, r in zip(means, ranges, strict=True)]
-        ax.bar(
-            [LABELS[s] for s in SETTINGS],
-            means,
-            yerr=[lows, highs],
-            capsize=4,
-            color=["#999999", "#4477aa", "#66ccee"],
-        )
-        decision = "switch" if evaluation["decision"]["switch"] else "keep"
-        ax.set_title(f"{kind} adapter, {evaluation['items']} held-out chats: {decision}")
-        ax.tick_params(axis="x", labelsize=8)
-    axes[0].set_ylabel("mean log-prob per token of the reference")
-    fig.suptitle("Support gate: likelihood of the reference answers, 95% intervals")
+        for row, (metric, label) in enumerate(rows):
+            ax = axes[row][column]
+            shown = [s for s in SETTINGS if evaluation[s].get(metric) is not None]
+            means = [evaluation[s][metric] for s in shown]
+            ranges = [evaluation[s]["intervals"][metric] for s in shown]
+            lows = [m - r[0] for m, r in zip(means, ranges, strict=True)]
+            highs = [r[1] - m for m, r in zip(means, ranges, strict=True)]
+            ax.bar(
+                [LABELS[s] for s in shown],
+                means,
+                yerr=[lows, highs],
+                capsize=4,
+                color=["#999999", "#4477aa", "#66ccee"][: len(shown)],
+            )
+            ax.set_ylabel(label)
+            ax.tick_params(axis="x", labelsize=8)
+            if row == 0:
+                decision = "switch" if evaluation["decision"]["switch"] else "keep"
+                ax.set_title(f"{kind} adapter, {evaluation['items']} held-out chats: {decision}")
+    fig.suptitle("Support gate: the reference answers' likelihood and its margin, 95% intervals")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
