@@ -10,10 +10,12 @@ the copy again. Where the index cannot be read again (embedded chromadb after an
 wrote to it), the copy as it was answers, with a warning in the log.
 
 Memory: copies within `memory_mb` per kind, per process. Knowledge has no other search, so its
-copies are always made and the least recently used dropped. Examples do (the index itself), so
-a new copy there never pushes out one used in the last `keep_s` seconds: when the budget is
-full of copies in use, the message queries the index instead of reading a copy that would push
-out another at once (reading 1,000 vectors costs about 50 chromadb queries).
+copies are always made and the least recently used dropped. Examples have one (the index
+itself), so there a copy's size is known before it is read (the index's count, asked once per
+stamp) and a new copy only takes room that is free or held by copies unused for `keep_s`
+seconds: when the budget is full of copies in use, the message queries the index instead of
+reading a copy that would push out another, to be read again at its next message (reading
+1,000 vectors costs 40-80 ms, about 50 chromadb queries).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 from sqlite_utils import Database
 
+from storage.embeddings import DIMENSION
 from storage.index import ExampleIndex, Hit, IndexUnavailable
 from storage.settings import IndexSettings
 
@@ -96,28 +99,33 @@ C = TypeVar("C", bound=Copy)
 
 class HeldCopies(Generic[C]):
     """Per-assistant copies, read on first use and again whenever the assistant's stamp has
-    changed. Subclasses say how to read the stamp (`_stamp`: None when there is nothing to hold)
-    and the copy (`_read`: None when it is not to be held)."""
+    changed. Subclasses say how to read the stamp (`_stamp`: None when there is nothing to
+    hold), the copy (`_read`) and, where copies in use are kept (`keep_s`), its size before it
+    is read (`_size`: None when it is not to be held)."""
 
     def __init__(self, memory_mb: int, keep_s: float | None = None) -> None:
         self.budget = memory_mb * 1_000_000
         self.keep_s = keep_s  # None: always make the copy, dropping the least recently used
         self._held: OrderedDict[int, tuple[C, float]] = OrderedDict()  # least recent first
+        self._bytes = 0  # what the copies in `_held` take
         self._lock = threading.Lock()
 
     def _stamp(self, assistant_id: int) -> int | None:
         raise NotImplementedError
 
-    def _read(self, assistant_id: int, stamp: int) -> C | None:
+    def _read(self, assistant_id: int, stamp: int) -> C:
         raise NotImplementedError
 
+    def _size(self, assistant_id: int, stamp: int) -> int | None:
+        return 0
+
     def of(self, assistant_id: int) -> C | None:
-        """The assistant's copy; None when it has nothing to hold, or (with `keep_s`) when the
-        budget is full of copies in use."""
+        """The assistant's copy; None when it has nothing to hold, or (with `keep_s`) when it
+        is not held and the budget is full of copies in use."""
         stamp = self._stamp(assistant_id)
         if stamp is None:
             with self._lock:
-                self._held.pop(assistant_id, None)
+                self._drop(assistant_id)
             return None
         now = time.monotonic()
         with self._lock:
@@ -127,8 +135,11 @@ class HeldCopies(Generic[C]):
                 self._held[assistant_id] = (held, now)
                 self._held.move_to_end(assistant_id)
                 return held
-            if held is None and not self._room(now):
-                return None
+        if self.keep_s is not None:
+            size = self._size(assistant_id, stamp)
+            with self._lock:
+                if size is None or not self._room(assistant_id, size, now):
+                    return None
         # Read outside the lock: other assistants' messages do not wait for this one's copy.
         try:
             read = self._read(assistant_id, stamp)
@@ -140,31 +151,36 @@ class HeldCopies(Generic[C]):
                 "answering assistant %s from its copy as read before: %s", assistant_id, exc
             )
             return held
-        if read is None:
-            return None
         with self._lock:
+            self._drop(assistant_id)
             self._held[assistant_id] = (read, now)
-            self._held.move_to_end(assistant_id)
-            size = sum(h.nbytes for h, _ in self._held.values())
-            while size > self.budget and len(self._held) > 1:
-                _, (dropped, _) = self._held.popitem(last=False)
-                size -= dropped.nbytes
+            self._bytes += read.nbytes
+            while self.keep_s is None and self._bytes > self.budget and len(self._held) > 1:
+                self._drop(next(iter(self._held)))
         return read
 
-    def _room(self, now: float) -> bool:
-        """Whether a new copy may be made (under the lock): always without `keep_s`; with it,
-        while the budget has room or holds a copy unused for `keep_s` (dropped here)."""
-        if self.keep_s is None:
-            return True
-        size = sum(h.nbytes for h, _ in self._held.values())
-        while size >= self.budget and self._held:
-            oldest = next(iter(self._held))
-            copy, used = self._held[oldest]
-            if now - used < self.keep_s:
-                return False
-            del self._held[oldest]
-            size -= copy.nbytes
-        return True
+    def _drop(self, assistant_id: int) -> None:
+        """Forget one copy (under the lock)."""
+        found = self._held.pop(assistant_id, None)
+        if found is not None:
+            self._bytes -= found[0].nbytes
+
+    def _room(self, assistant_id: int, size: int, now: float) -> bool:
+        """Whether a copy of `size` bytes fits (under the lock): the assistant's own old copy
+        and copies unused for `keep_s` make room, least recently used first; copies in use
+        never do, so a new copy cannot push out one that would be read again at once."""
+        own = self._held.get(assistant_id)
+        free = self.budget - self._bytes + (own[0].nbytes if own else 0)
+        idle = [
+            other
+            for other, (copy, used) in self._held.items()
+            if other != assistant_id and now - used >= (self.keep_s or 0.0)
+        ]
+        while free < size and idle:
+            other = idle.pop(0)
+            free += self._held[other][0].nbytes
+            self._drop(other)
+        return free >= size
 
 
 class HeldExamples(HeldCopies[HeldVectors]):
@@ -179,23 +195,25 @@ class HeldExamples(HeldCopies[HeldVectors]):
         self.db = db
         self.index = index
         self.max_rows = settings.held_examples
-        self._too_many: dict[int, int] = {}  # assistant id: the stamp it had too many under
+        self._counts: dict[int, tuple[int, int]] = {}  # assistant id: (stamp, vectors)
 
     def _stamp(self, assistant_id: int) -> int | None:
-        """The examples stamp; None when the assistant is gone or not to be held."""
+        """The examples stamp; None when the assistant is gone or nothing is held."""
         row = self.db.execute(
             "SELECT examples_stamp FROM assistants WHERE id = ?", [assistant_id]
         ).fetchone()
-        if row is None or not self.max_rows or self._too_many.get(assistant_id) == row[0]:
-            return None
-        return int(row[0])
+        return int(row[0]) if row is not None and self.max_rows else None
 
-    def _read(self, assistant_id: int, stamp: int) -> HeldVectors | None:
-        index = self.index()
-        if index.count(assistant_id) > self.max_rows:  # asked once per stamp
-            self._too_many[assistant_id] = stamp
-            return None
-        ids, vectors = index.everything(assistant_id)
+    def _size(self, assistant_id: int, stamp: int) -> int | None:
+        """The copy's bytes; None beyond `held_examples`. The count is asked once per stamp."""
+        counted = self._counts.get(assistant_id)
+        if counted is None or counted[0] != stamp:
+            counted = self._counts[assistant_id] = (stamp, self.index().count(assistant_id))
+        rows = counted[1]
+        return rows * DIMENSION * 4 if rows <= self.max_rows else None
+
+    def _read(self, assistant_id: int, stamp: int) -> HeldVectors:
+        ids, vectors = self.index().everything(assistant_id)
         return HeldVectors.of(stamp, ids, vectors)
 
     def query(

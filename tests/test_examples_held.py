@@ -26,11 +26,11 @@ NUMBERS = [
 
 
 class CountingIndex:
-    """The example index (a real one), counting whole reads and queries."""
+    """A real index (the examples' or the knowledge's), counting whole reads and queries."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, index) -> None:
         self.reads = self.queries = self.counts = 0
-        self._real = core.index()
+        self._real = index
 
     def __call__(self) -> CountingIndex:
         return self
@@ -59,7 +59,7 @@ def helper(core: Core, name: str = "numbers", pairs=NUMBERS):
 
 
 def held_for(core: Core, **settings) -> tuple[HeldExamples, CountingIndex]:
-    counting = CountingIndex(core)
+    counting = CountingIndex(core.index())
     return HeldExamples(core.db, counting, IndexSettings(**settings)), counting
 
 
@@ -89,7 +89,7 @@ def test_the_search_is_exact_and_agrees_with_the_index(core):
 
 def test_read_once_then_again_only_after_a_write(core):
     helper(core)
-    counting = CountingIndex(core)
+    counting = CountingIndex(core.index())
     core.chat.held_examples.index = counting
     assert "seventy-one" in chosen(core, "numbers", "seventy-one")
     chosen(core, "numbers", "forty-three")
@@ -135,6 +135,20 @@ def test_a_new_copy_never_pushes_out_one_in_use(core):
     assert held.query(second.id, vector, 1)[0].example_id in ids
     assert counting.reads == 2 and counting.queries == 2, "now held"
     assert held.of(first.id) is not None and counting.reads == 3, "the first made room"
+
+
+def test_a_copy_that_fits_only_by_pushing_one_out_is_not_made(core):
+    first = helper(core, "first", NUMBERS[:4])
+    second = helper(core, "second", NUMBERS[4:])
+    held, counting = held_for(core)
+    vector = core.embedder.embed_one("forty-two")
+    held.query(first.id, vector, 2)
+    held.budget = held.of(first.id).nbytes * 3 // 2  # room for half of the second's copy
+    for _ in range(3):
+        held.query(first.id, vector, 2)
+        held.query(second.id, vector, 2)
+    assert counting.reads == 1 and counting.queries == 3, "neither is read again"
+    assert counting.counts == 2, "each assistant's size is asked once"
 
 
 def test_an_assistant_under_a_deleted_ones_id_never_gets_its_examples(core):

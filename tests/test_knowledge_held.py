@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_cli import fewtune
+from test_examples_held import CountingIndex
 
 from assistants import TERMINAL, Core
 from assistants.knowledge.held import HeldKnowledge
@@ -22,27 +23,9 @@ ROCKETS = b"# Rockets\nThe rocket engine burns liquid oxygen and kerosene.\n"
 TEA = b"# Tea\nGreen tea is brewed at eighty degrees for two minutes.\n"
 
 
-class CountingReads:
-    """The knowledge index (a real one), counting how often an assistant's vectors are read."""
-
-    def __init__(self, core: Core) -> None:
-        self.reads = 0
-        self._real = core.knowledge_index()
-
-    def __call__(self) -> CountingReads:
-        return self
-
-    def __getattr__(self, name: str):
-        return getattr(self._real, name)
-
-    def everything(self, assistant_id: int):
-        self.reads += 1
-        return self._real.everything(assistant_id)
-
-
 @pytest.fixture
 def counted(core):
-    counting = CountingReads(core)
+    counting = CountingIndex(core.knowledge_index())
     core.held_knowledge.index = counting
     return counting
 
@@ -148,7 +131,7 @@ def test_copies_beyond_memory_mb_go_least_recently_used_first(core):
         core.knowledge.add(TERMINAL, name, [(f"{name}.md", doc)])
     ids = [core.assistants.get(TERMINAL, n).id for n in names]
     sizes = [core.held_knowledge.of(i).nbytes for i in ids]
-    counting = CountingReads(core)
+    counting = CountingIndex(core.knowledge_index())
     held = HeldKnowledge(core.db, counting, memory_mb=1)
     held.budget = sizes[0] + max(sizes[1:])  # room for the first and one other
     held.of(ids[0]), held.of(ids[1]), held.of(ids[0])
