@@ -1,7 +1,7 @@
 """Examples held in memory (storage/held.py `HeldExamples`): an assistant's example vectors read
 once and searched exactly, read again after any write of its examples (in this process or
 another), the index's own query for an assistant with more than `held_examples`, and a budget
-that a new copy never thrashes."""
+that a new copy never thrashes. The stamps of both kinds of copy (examples and knowledge)."""
 
 from __future__ import annotations
 
@@ -181,16 +181,20 @@ def test_a_write_in_another_process_is_seen_at_the_next_message(
         core.close()
 
 
-def test_each_write_of_index_dirty_draws_a_new_stamp(core):
+@pytest.mark.parametrize(
+    ("mark", "stamp_column"),
+    [("index_dirty", "examples_stamp"), ("knowledge_dirty", "knowledge_stamp")],
+)
+def test_each_write_of_a_dirty_mark_draws_a_new_stamp(core, mark, stamp_column):
     assistant = helper(core, "numbers", NUMBERS[:1])
 
     def stamp() -> int:
-        row = core.db.execute("SELECT examples_stamp FROM assistants WHERE id = ?", [assistant.id])
+        row = core.db.execute(f"SELECT {stamp_column} FROM assistants WHERE id = ?", [assistant.id])
         return int(row.fetchone()[0])
 
     before = stamp()
     with core.db.conn:
-        core.db.execute("UPDATE assistants SET index_dirty = 0 WHERE id = ?", [assistant.id])
+        core.db.execute(f"UPDATE assistants SET {mark} = 0 WHERE id = ?", [assistant.id])
     after = stamp()
     assert after != before
     core.assistants.edit(TERMINAL, "numbers", instructions="Digits only.")

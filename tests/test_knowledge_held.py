@@ -142,19 +142,3 @@ def test_copies_beyond_memory_mb_go_least_recently_used_first(core):
     assert counting.reads == 3
     held.of(ids[1])
     assert counting.reads == 4
-
-
-def test_each_write_of_knowledge_dirty_draws_a_new_stamp(core):
-    helper = core.assistants.create(TERMINAL, "helper", "Answer.")
-
-    def stamp() -> int:
-        row = core.db.execute("SELECT knowledge_stamp FROM assistants WHERE id = ?", [helper.id])
-        return int(row.fetchone()[0])
-
-    before = stamp()
-    with core.db.conn:
-        core.db.execute("UPDATE assistants SET knowledge_dirty = 0 WHERE id = ?", [helper.id])
-    after = stamp()
-    assert after != before
-    core.assistants.edit(TERMINAL, "helper", instructions="Answer briefly.")
-    assert stamp() == after
