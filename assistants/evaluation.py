@@ -52,20 +52,20 @@ def distractors(items: list[HeldOutItem]) -> list[int] | None:
     """For each item, the held-out chat whose prompt its answer is also scored after: the next one
     (in the split's order, wrapping) with another question and another answer, so the margin
     compares the same answer tokens after its own question and after an unrelated one. None
-    when no item has such a neighbour (one item, or every answer the same)."""
+    when some item has no such neighbour (one item, or every answer the same): the margin is
+    then skipped for all, so every setting is scored on the same items."""
     n = len(items)
+    targets = [normalise(item.target) for item in items]
+    questions = [normalise(item.question) for item in items]
     found: list[int] = []
-    for i, item in enumerate(items):
-        for step in range(1, n):
-            j = (i + step) % n
-            other = items[j]
-            if normalise(other.target) != normalise(item.target) and normalise(
-                other.question
-            ) != normalise(item.question):
-                found.append(j)
-                break
-        else:
+    for i in range(n):
+        others = ((i + step) % n for step in range(1, n))
+        j = next(
+            (j for j in others if targets[j] != targets[i] and questions[j] != questions[i]), None
+        )
+        if j is None:
             return None
+        found.append(j)
     return found
 
 

@@ -1,5 +1,6 @@
 """A real Chroma server (`chroma run`) on loopback, for the tests of the index over HTTP: a
-pytest plugin (tests/conftest.py), so any test module asks for `chroma_server` by name."""
+pytest plugin (tests/conftest.py), so any test module asks for `chroma_server` (or
+`chroma_core`, a core whose index is that server) by name."""
 
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def chroma_server(tmp_path):
                 process.kill()
                 process.wait()
         log.close()
+
+
+@pytest.fixture
+def chroma_core(chroma_server, fewtune_home, embedder):
+    """A real core whose index is the Chroma server (`[index] chroma_url` in its home)."""
+    from assistants import Core
+
+    url, _ = chroma_server
+    (fewtune_home / "fewtune.toml").write_text(f'[index]\nchroma_url = "{url}"\n')
+    core = Core.open(fewtune_home, embedder=embedder)
+    yield core
+    core.close()

@@ -162,23 +162,15 @@ def test_an_assistant_under_a_deleted_ones_id_never_gets_its_examples(core):
     assert chosen(core, "colours", "forty-two") == ["rouge"]
 
 
-def test_a_write_in_another_process_is_seen_at_the_next_message(
-    chroma_server, fewtune_home, embedder, tmp_path
-):
+def test_a_write_in_another_process_is_seen_at_the_next_message(chroma_core, fewtune_home):
     # A terminal's `fewtune example add` while a bot runs, through a Chroma server.
-    url, _ = chroma_server
-    (fewtune_home / "fewtune.toml").write_text(f'[index]\nchroma_url = "{url}"\n')
-    core = Core.open(fewtune_home, embedder=embedder)
-    try:
-        helper(core)
-        assert "ninety-nine" not in chosen(core, "numbers", "ninety-nine")
-        added = fewtune(
-            fewtune_home, "example", "add", "numbers", "--input", "ninety-nine", "--output", "99"
-        )
-        assert added.returncode == 0, added.stderr
-        assert chosen(core, "numbers", "ninety-nine")[0] == "ninety-nine"
-    finally:
-        core.close()
+    helper(chroma_core)
+    assert "ninety-nine" not in chosen(chroma_core, "numbers", "ninety-nine")
+    added = fewtune(
+        fewtune_home, "example", "add", "numbers", "--input", "ninety-nine", "--output", "99"
+    )
+    assert added.returncode == 0, added.stderr
+    assert chosen(chroma_core, "numbers", "ninety-nine")[0] == "ninety-nine"
 
 
 @pytest.mark.parametrize(

@@ -71,26 +71,21 @@ def test_the_search_is_exact_over_the_stored_vectors(core):
 
 
 def test_a_write_in_another_process_is_seen_at_the_next_message(
-    chroma_server, fewtune_home, embedder, tmp_path
+    chroma_core, fewtune_home, tmp_path
 ):
     # Several processes share one index through a Chroma server (embedded chromadb does not see
     # another process's writes: the next test). A terminal's `knowledge add` while a bot runs.
-    url, _ = chroma_server
-    (fewtune_home / "fewtune.toml").write_text(f'[index]\nchroma_url = "{url}"\n')
-    core = Core.open(fewtune_home, embedder=embedder)
-    try:
-        core.assistants.create(TERMINAL, "helper", "Answer from the files.", k=0)
-        core.knowledge.add(TERMINAL, "helper", [("guide.md", GUIDE)])
-        assistant = core.assistants.get(TERMINAL, "helper")
-        question = "how hot should green tea be brewed?"
-        assert all(s.file != "tea.md" for s in core.chat.compose(assistant, [], question).sources)
+    core = chroma_core
+    core.assistants.create(TERMINAL, "helper", "Answer from the files.", k=0)
+    core.knowledge.add(TERMINAL, "helper", [("guide.md", GUIDE)])
+    assistant = core.assistants.get(TERMINAL, "helper")
+    question = "how hot should green tea be brewed?"
+    assert all(s.file != "tea.md" for s in core.chat.compose(assistant, [], question).sources)
 
-        (tmp_path / "tea.md").write_bytes(TEA)
-        added = fewtune(fewtune_home, "knowledge", "add", "helper", str(tmp_path / "tea.md"))
-        assert added.returncode == 0, added.stderr
-        assert core.chat.compose(assistant, [], question).sources[0].file == "tea.md"
-    finally:
-        core.close()
+    (tmp_path / "tea.md").write_bytes(TEA)
+    added = fewtune(fewtune_home, "knowledge", "add", "helper", str(tmp_path / "tea.md"))
+    assert added.returncode == 0, added.stderr
+    assert core.chat.compose(assistant, [], question).sources[0].file == "tea.md"
 
 
 def test_an_embedded_index_another_process_changed_still_answers(
