@@ -69,17 +69,23 @@ class HeldVectors:
         norm = float(np.linalg.norm(query))
         return self.matrix @ (query / norm if norm > 0 else query)
 
+    @staticmethod
+    def best_rows(cosines: np.ndarray, n: int) -> np.ndarray:
+        """The rows of the n highest `cosines`, best first (ties in row order)."""
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if n < len(cosines):
+            top = np.argpartition(-cosines, n - 1)[:n]
+            return top[np.lexsort((top, -cosines[top]))]
+        return np.argsort(-cosines, kind="stable")
+
     def nearest(self, vector: np.ndarray, n: int, with_vectors: bool = False) -> list[Hit]:
-        """The n rows most like `vector`, best first (ties in id order), as the index's
+        """The n rows most like `vector`, best first (ties in row order), as the index's
         `query` returns them."""
         if n <= 0 or not self.ids:
             return []
         cosines = self.cosines(vector)
-        if n < len(self.ids):
-            top = np.argpartition(-cosines, n - 1)[:n]
-            rows = top[np.lexsort((top, -cosines[top]))]
-        else:
-            rows = np.argsort(-cosines, kind="stable")
+        rows = self.best_rows(cosines, n)
         return [
             Hit(self.ids[r], float(cosines[r]), self.matrix[r] if with_vectors else None)
             for r in rows

@@ -48,7 +48,7 @@ def rank(held: Held, text: str, vector: np.ndarray, k: int) -> list[Ranked]:
     """The k chunks best for `text` (whose embedding is `vector`), best first."""
     depth = max(CANDIDATES, k)
     cosines = held.cosines(vector)
-    nearest = [held.ids[row] for row in np.argsort(-cosines, kind="stable")[:depth]]
+    nearest = [held.ids[row] for row in held.best_rows(cosines, depth)]
     fused: dict[int, float] = {}
     for ranking in (nearest, held.words.best(text, depth)):
         for position, chunk_id in enumerate(ranking, 1):
