@@ -14,8 +14,10 @@ Example `fewtune.toml`:
     model = "SmolLM2-135M-Instruct"    # or a local folder / Hugging Face model name
     idle_timeout = 900                 # seconds without requests before an on-demand server stops
     start_with_bot = true              # `fewtune bot` starts it at once when a local model is used
-    max_waiting = 8                    # requests that may wait behind the one generating (429 past)
+    max_batch = 8                      # chats decoded together (continuous batching)
+    max_waiting = 8                    # requests that may wait for a row (429 past)
     max_wait_s = 120                   # seconds one may wait before a 429
+    adapter_memory_mb = 512            # adapters held for serving; least recently used go first
 
     [index]
     chroma_url = "http://127.0.0.1:8001"   # keep the example index in a Chroma server
@@ -90,12 +92,35 @@ class ServerSettings:
     fast_decode: bool = True  # CPU: fewtune's lean decoder for Llama models (else transformers)
     int8_weights: bool = True  # with fast_decode: int8 weights, 4x less memory traffic a token
     max_tokens_limit: int = 4096  # a request asking for more tokens an answer is refused (400)
-    # One request generates at a time: at most `max_waiting` wait behind it, each at most
-    # `max_wait_s` seconds; past either, a 429 with Retry-After (docs/design.md, "Admission").
+    # Up to `max_batch` chats are decoded together; at most `max_waiting` more wait for a row,
+    # each at most `max_wait_s` seconds; past either, a 429 with Retry-After (docs/design.md,
+    # "Admission").
+    max_batch: int = 8
     max_waiting: int = 8
     max_wait_s: float = 120.0
+    adapter_memory_mb: float = 512.0  # adapters held in the fast decoder's layout (LRU past it)
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int):
+            raise SettingsError(
+                f"fewtune.toml: server.max_batch must be a whole number, not {self.max_batch!r}."
+            )
+        if not 1 <= self.max_batch <= 64:
+            raise SettingsError(
+                f"fewtune.toml: server.max_batch must be 1 to 64, not {self.max_batch!r}."
+            )
+        if isinstance(self.adapter_memory_mb, bool) or not isinstance(
+            self.adapter_memory_mb, int | float
+        ):
+            raise SettingsError(
+                "fewtune.toml: server.adapter_memory_mb must be a number, "
+                f"not {self.adapter_memory_mb!r}."
+            )
+        if not 0 <= self.adapter_memory_mb < float("inf"):
+            raise SettingsError(
+                "fewtune.toml: server.adapter_memory_mb must be 0 or more megabytes, "
+                f"not {self.adapter_memory_mb!r}."
+            )
         if isinstance(self.max_waiting, bool) or not isinstance(self.max_waiting, int):
             raise SettingsError(
                 f"fewtune.toml: server.max_waiting must be a whole number, not {self.max_waiting!r}."

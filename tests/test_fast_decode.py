@@ -44,10 +44,11 @@ def test_fast_llama_reproduces_transformers(tiny) -> None:
     with torch.inference_mode():
         reference = model(torch.tensor([ids])).logits[0]
     decoder = FastLlama(model)
-    logits = decoder.forward(ids[:550])
+    decoder.start(0)
+    logits = decoder.prefill(0, ids[:550], None)
     assert torch.allclose(logits, reference[549], atol=1e-3)
     for position in range(550, 560):
-        logits = decoder.forward([ids[position]])
+        logits = decoder.decode([ids[position]], [None])[0]
     assert torch.allclose(logits, reference[559], atol=1e-3)
 
 
@@ -62,8 +63,10 @@ def test_fast_llama_applies_lora_like_peft(tiny, tmp_path: Path) -> None:
     with torch.inference_mode():
         reference = peft_model(torch.tensor([ids])).logits[0, -1]
     decoder = FastLlama(peft_model)  # reads the base weights under peft's wrappers
-    decoder.adapter = decoder.load_adapter(tmp_path / "plain")
-    assert torch.allclose(decoder.forward(ids), reference, atol=1e-3)
+    decoder.start(0)
+    assert torch.allclose(
+        decoder.prefill(0, ids, decoder.load_adapter(tmp_path / "plain")), reference, atol=1e-3
+    )
     with pytest.raises(UnsupportedAdapter):
         decoder.load_adapter(tmp_path / "dora")
     peft_model.unload()

@@ -52,6 +52,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
         tmp_path_factory.mktemp("home"),
         model=str(tiny_model),
         max_tokens_limit=LONG["max_tokens"],
+        max_batch=1,  # one row: the second request waits, the third is refused
         max_waiting=1,
         max_wait_s=MAX_WAIT_S,
     )
@@ -218,13 +219,14 @@ def test_past_the_queue_a_429_with_retry_after_and_a_bounded_wait(served, engine
 
 @pytest.fixture
 def busy(tmp_path: Path, tiny_model: Path):
-    """A fresh `fewtune serve` with no queue (max_waiting = 0) writing a long answer: any other
+    """A fresh `fewtune serve` with one row and no queue (max_waiting = 0) writing a long answer: any other
     request is a 429 at once, with Retry-After 1 (no turn has ended yet to go by). Its answer is
     the longest measured without an end token (about 50 s here), to outlast a slow CLI."""
     settings = write_settings(
         tmp_path / "busy-home",
         model=str(tiny_model),
         max_tokens_limit=LONGEST,
+        max_batch=1,
         max_waiting=0,
     )
     with serving(settings, TOKEN) as (base_url, _):

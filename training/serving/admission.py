@@ -1,14 +1,14 @@
-"""Admission to the engine: one request at a time, a short queue behind it, and 429 past it.
+"""Admission to the engine: `max_batch` requests at a time, a short queue behind them, 429 past it.
 
-The engine generates one request at a time (issue 13's continuous batching will change that).
-Until then a request must never wait unboundedly behind another: at most `[server] max_waiting`
-requests wait their turn, each at most `[server] max_wait_s` seconds; past either the server
-answers 429 with a `Retry-After`, as OpenAI does when it is rate limiting. A request whose client
-leaves while it waits gives up its place (its task is cancelled) and never reaches the engine.
+The engine decodes up to `[server] max_batch` chats together (training.serving.batching); a
+request past them waits for a row, and never unboundedly: at most `[server] max_waiting` wait,
+each at most `[server] max_wait_s` seconds; past either the server answers 429 with a
+`Retry-After`, as OpenAI does when it is rate limiting. A request whose client leaves while it
+waits gives up its place (its task is cancelled) and never reaches the engine.
 
-Routes hold a turn for all their engine work (tokenizing, generating, scoring), since it all
-runs on the engine's one thread: `async with admission.turn() as turn:`; a streamed answer takes
-the turn along (`turn.pass_on()`) and gives it back when the stream ends.
+Routes hold a turn for all their engine work (tokenizing, generating, scoring):
+`async with admission.turn() as turn:`; a streamed answer takes the turn along
+(`turn.pass_on()`) and gives it back when the stream ends.
 """
 
 from __future__ import annotations
@@ -59,12 +59,14 @@ class Turn:
 
 
 class Admission:
-    """Lets one request at a time use the engine; `max_waiting` may wait, `max_wait_s` each."""
+    """Lets `capacity` requests at a time use the engine; `max_waiting` may wait, `max_wait_s`
+    each."""
 
-    def __init__(self, max_waiting: int, max_wait_s: float) -> None:
+    def __init__(self, max_waiting: int, max_wait_s: float, capacity: int = 1) -> None:
+        self.capacity = capacity
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
-        self._busy = False
+        self._active = 0
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._recent: collections.deque[float] = collections.deque(maxlen=RECENT_TURNS)
 
@@ -83,8 +85,8 @@ class Admission:
             turn.give_back()
 
     async def _enter(self) -> None:
-        if not self._busy and not self._waiting:
-            self._busy = True
+        if self._active < self.capacity and not self._waiting:
+            self._active += 1
             return
         if len(self._waiting) >= self.max_waiting:
             raise self._busy_error(f"its queue is full ([server] max_waiting = {self.max_waiting})")
@@ -112,7 +114,7 @@ class Admission:
             if not ready.done():
                 ready.set_result(None)  # the turn goes straight to the next in line
                 return
-        self._busy = False
+        self._active -= 1
 
     def _busy_error(self, why: str) -> ServerBusy:
         seconds = self.retry_after()
@@ -121,8 +123,8 @@ class Admission:
         )
 
     def retry_after(self) -> int:
-        """Seconds until a new request could likely start: the queue's length times a recent
-        turn's (1 s before any), within 1..60."""
+        """Seconds until a new request could likely start: a recent turn's length (1 s before
+        any) for each `capacity` requests ahead in the queue, within 1..60."""
         typical = sum(self._recent) / len(self._recent) if self._recent else 1.0
-        estimate = math.ceil(typical * (len(self._waiting) + 1))
+        estimate = math.ceil(typical * (len(self._waiting) // self.capacity + 1))
         return max(1, min(RETRY_AFTER_MAX, estimate))

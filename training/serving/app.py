@@ -109,7 +109,8 @@ def create_app(settings: Settings, token: str, engine: ChatEngine | None = None)
     app.state.settings = settings
     app.state.token = token
     app.state.engine = engine if engine is not None else ChatEngine(settings)
-    app.state.admission = Admission(settings.server.max_waiting, settings.server.max_wait_s)
+    server = settings.server
+    app.state.admission = Admission(server.max_waiting, server.max_wait_s, server.max_batch)
     app.state.started = int(time.time())
 
     @app.exception_handler(APIError)

@@ -1,13 +1,12 @@
-"""Token-by-token decoding for the chat engine: sampling, the decode loop, stop strings.
+"""Token-by-token decoding for the chat engine: sampling, steppers, stop strings.
 
-A hand-written loop (instead of `model.generate`) so that every token can be streamed as soon as
-it exists, a cancelled request stops at the next token, and per-token work stays small.
+Token by token (instead of `model.generate`) so that every token can be streamed as soon as it
+exists, a cancelled request stops at the next token, and chats share steps
+(training.serving.batching runs the loop).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,29 +80,6 @@ class TransformersStepper:
 
 def _config(model: Any) -> Any:
     return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-
-
-def decode_loop(
-    stepper: Stepper,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    eos_ids: set[int],
-    cancel: threading.Event | None = None,
-) -> Iterator[int]:
-    """Yield generated token ids one by one; stops at an end token, max_tokens or `cancel`."""
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator().manual_seed(params.seed)
-    with torch.inference_mode():
-        logits = stepper.start(prompt_ids)
-        for _ in range(params.max_tokens):
-            if cancel is not None and cancel.is_set():
-                return
-            token = sample_token(logits.float().cpu(), params, generator)
-            yield token
-            if token in eos_ids:
-                return
-            logits = stepper.next(token)
 
 
 class TextAssembler:

@@ -4,10 +4,11 @@
   `settings.adapters_path/<name>/` (PEFT format) load with peft on first use and are switched per
   request by name; the base is never reloaded. An adapter republished under the same name (its
   weights file changed) is loaded again.
-- Generation runs in one worker thread, one request at a time, so the event loop never blocks and
-  requests never fight over the CPU; tokens are streamed to the caller as they are produced. A
-  caller that stops reading a stream (its client left) stops the generation at the next token.
-  Which request goes next, and how many may wait, is the routes' admission
+- All torch work runs on the engine's one thread (training.serving.batching), so the event loop
+  never blocks: the chats that run are decoded together there, one step for all of them
+  (continuous batching, each row with its own adapter), and tokens are streamed to each caller
+  as they are produced. A caller that stops reading a stream (its client left) frees its row at
+  the next step. How many chats may run and wait is the routes' admission
   (training.serving.admission), not the engine's.
 - Legacy completions prompts (`prepare_text`) generate the same way; their scores (`score`) come
   from one plain transformers/peft forward pass on that thread (training.serving.scoring).
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from storage.settings import Settings
 from training.base_models import is_embedded, public_name, resolve_base_model
 from training.served_adapters import adapter_dir, list_adapters
+from training.serving.batching import Batcher, Generation
 
 if TYPE_CHECKING:
     from training.serving.scoring import Scored
@@ -130,10 +133,8 @@ class ChatEngine:
         self.settings = settings
         self.base_name = model if model is not None else settings.server.model
         self.base_model = public_name(self.base_name)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="fewtune-gen", initializer=self._mark_thread
-        )
         self._generation_thread: int | None = None
+        self._batcher = Batcher("fewtune-gen", on_start=self._mark_thread)
         self._load_lock = threading.Lock()
         self._model: Any = None
         self._peft: Any = None
@@ -143,12 +144,18 @@ class ChatEngine:
         self._device = "cpu"
         self._adapters: dict[str, tuple[str, int]] = {}  # public name -> (peft name, mtime)
         self._fast: Any = None  # FastLlama when the lean CPU decoder applies
-        self._fast_adapters: dict[str, tuple[Any, int]] = {}  # name -> (LoraAdapter|None, mtime)
+        # name -> (LoraAdapter or None, mtime), least recently used first
+        self._fast_adapters: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._adapter_counter = itertools.count()
-        # Kept by the generation thread: answers begun and tokens generated since the start
-        # (an abandoned request must add to neither once its client has gone).
-        self.generations = 0
-        self.tokens_generated = 0
+
+    @property
+    def generations(self) -> int:
+        """Answers begun since the start (one whose client left while it waited: not begun)."""
+        return self._batcher.generations
+
+    @property
+    def tokens_generated(self) -> int:
+        return self._batcher.tokens_generated
 
     # -- models -------------------------------------------------------------------------
 
@@ -196,7 +203,7 @@ class ChatEngine:
         if threading.get_ident() == self._generation_thread:
             self._load()
         else:
-            self._executor.submit(self._load).result()
+            self._batcher.call(self._load).result()
 
     def _load(self) -> None:
         with self._load_lock:
@@ -224,6 +231,7 @@ class ChatEngine:
             self._context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
             self._model = model
             self._fast = self._fast_decoder(model)
+            self._batcher.decoder = self._fast
             log.info("loaded base model %s from %s on %s", self.base_model, source, self._device)
 
     def _fast_decoder(self, model: Any) -> Any:
@@ -247,7 +255,7 @@ class ChatEngine:
         return "fast-int8" if self._fast.int8 else "fast-fp32"
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._batcher.close()
 
     # -- requests -----------------------------------------------------------------------
 
@@ -259,9 +267,8 @@ class ChatEngine:
         self._check_max_tokens(sampling)
         if not messages:
             raise EngineError("messages must hold at least one message.")
-        loop = asyncio.get_running_loop()
-        # Tokenizing runs in the generation thread too: the tokenizer is not shared across threads.
-        ids = await loop.run_in_executor(self._executor, self._prompt_ids, messages)
+        # Tokenizing runs on the engine's thread too: the tokenizer is not shared across threads.
+        ids = await self._on_thread(self._prompt_ids, messages)
         if self._context and len(ids) >= self._context:
             raise ContextLengthError(
                 f"The prompt has {len(ids)} tokens but {self.base_model} reads at most "
@@ -279,35 +286,48 @@ class ChatEngine:
                 "tokens an answer ([server] max_tokens_limit)."
             )
 
+    async def _on_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` on the engine's thread, between two decode steps."""
+        return await asyncio.wrap_future(self._batcher.call(functools.partial(function, *args)))
+
     async def stream(self, chat: PreparedChat) -> AsyncGenerator[ChatDelta, None]:
         """Yield the answer as it is generated; the last delta carries finish_reason and usage."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
 
-        def send(item: Any) -> None:
+        def put(item: Any) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the event loop is gone: nobody is listening any more
                 cancel.set()
 
-        def work() -> None:
-            try:
-                if not cancel.is_set():
-                    self._generate(chat, send, cancel)
-            except BaseException as exc:  # handed to the caller, raised there
-                send(exc)
-            finally:
-                send(_DONE)
+        def send(text: str, finish: str | None, ids: tuple[int, ...]) -> None:
+            if finish is None:
+                put(ChatDelta(text))
+            else:
+                put(ChatDelta(text, finish, Usage(len(chat.prompt_ids), len(ids)), ids))
+                put(_DONE)
 
-        loop.run_in_executor(self._executor, work)
+        def fail(exc: BaseException) -> None:
+            put(exc)
+            put(_DONE)
+
+        def make() -> Generation:
+            try:
+                return self._generation(chat, send, fail, cancel)
+            except BaseException as exc:  # handed to the caller, raised there
+                fail(exc)
+                raise
+
+        self._batcher.add(make)
         try:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            cancel.set()  # the client went away or the caller stopped reading: stop generating
+            cancel.set()  # the client went away or the caller stopped reading: free the row
 
     async def complete(self, chat: PreparedChat) -> ChatResult:
         """The whole answer at once."""
@@ -328,8 +348,7 @@ class ChatEngine:
 
     async def prompt_text(self, messages: list[dict[str, str]]) -> str:
         """The text the model is fed for `messages` (generation prompt added), as chat builds it."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._prompt_text, messages)
+        return await self._on_thread(self._prompt_text, messages)
 
     async def prepare_text(
         self, model: str, prompt: str | list[int], sampling: Sampling, scoring: bool = False
@@ -338,8 +357,7 @@ class ChatEngine:
         score only (`scoring`) may fill the whole context; one to continue must leave room."""
         model_id = self.resolve(model)
         self._check_max_tokens(sampling)
-        loop = asyncio.get_running_loop()
-        ids, text, added = await loop.run_in_executor(self._executor, self._text_ids, prompt)
+        ids, text, added = await self._on_thread(self._text_ids, prompt)
         if len(ids) == 0:
             raise EngineError("The prompt is empty: give at least one token of text.")
         limit = self._context if scoring else self._context - 1
@@ -354,12 +372,9 @@ class ChatEngine:
     async def score(self, model: str, ids: list[int], top: int, generated_from: int) -> Scored:
         """Each token's log-probability under `model` (its adapter applied) and its text piece;
         the tokens from `generated_from` on were generated and decode without special tokens."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._score, model, ids, top, generated_from
-        )
+        return await self._on_thread(self._score, model, ids, top, generated_from)
 
-    # -- generation (worker thread) -------------------------------------------------------
+    # -- on the engine's thread -------------------------------------------------------------
 
     def _prompt_text(self, messages: list[dict[str, str]]) -> str:
         self.load()
@@ -397,10 +412,15 @@ class ChatEngine:
             return list(encoded["input_ids"])
         return list(tokenizer(_transcript(messages))["input_ids"])
 
-    def _generate(
-        self, chat: PreparedChat, send: Callable[[ChatDelta], None], cancel: threading.Event
-    ) -> None:
-        from training.serving.decoding import SamplingParams, TextAssembler, decode_loop
+    def _generation(
+        self,
+        chat: PreparedChat,
+        send: Callable[[str, str | None, tuple[int, ...]], None],
+        fail: Callable[[BaseException], None],
+        cancel: threading.Event,
+    ) -> Generation:
+        """A chat ready to join the batch: its sampling, and what runs its model."""
+        from training.serving.decoding import SamplingParams, TextAssembler
 
         room = self._context - len(chat.prompt_ids) if self._context else DEFAULT_MAX_TOKENS
         limit = self.settings.server.max_tokens_limit
@@ -412,48 +432,24 @@ class ChatEngine:
             stop=chat.sampling.stop,
             seed=chat.sampling.seed,
         )
-        assembler = TextAssembler(self._tokenizer, params.stop)
-        finish = "length"
-        end: tuple[int, ...] = ()
-        self.generations += 1
-        with self._stepper(chat.model) as stepper:
-            prompt = list(chat.prompt_ids)
-            for token in decode_loop(stepper, prompt, params, self._eos_ids, cancel):
-                self.tokens_generated += 1
-                if token in self._eos_ids:
-                    finish, end = "stop", (token,)
-                    break
-                delta = assembler.add(token)
-                if delta:
-                    send(ChatDelta(delta))
-                if assembler.stopped:
-                    finish = "stop"
-                    break
-        rest = assembler.finish()
-        if rest:
-            send(ChatDelta(rest))
-        # The end token counts as generated, as OpenAI counts it.
-        completion = assembler.token_count + len(end)
-        ids = assembler.ids + end
-        send(ChatDelta("", finish, Usage(len(chat.prompt_ids), completion), ids))
-
-    @contextlib.contextmanager
-    def _stepper(self, model_id: str) -> Iterator[Any]:
-        """What runs `model_id`: the fast decoder (base or a plain LoRA) or transformers/peft."""
-        from training.serving.decoding import TransformersStepper
-
+        generation = Generation(
+            prompt=list(chat.prompt_ids),
+            params=params,
+            eos_ids=self._eos_ids,
+            assembler=TextAssembler(self._tokenizer, params.stop),
+            send=send,
+            fail=fail,
+            cancel=cancel,
+            label=chat.model,
+        )
         if self._fast is not None:
-            from training.serving.fast_llama import FastStepper
-
-            if model_id == self.base_model:
-                yield FastStepper(self._fast)
-                return
-            lora = self._fast_adapter(model_id)
-            if lora is not None:
-                yield FastStepper(self._fast, lora)
-                return
-        with self._transformers_model(model_id) as model:
-            yield TransformersStepper(model, self._device)
+            if chat.model == self.base_model:
+                return generation
+            generation.adapter = self._fast_adapter(chat.model)
+            if generation.adapter is not None:
+                return generation
+        generation.stepper = _ModelStepper(self, chat.model)
+        return generation
 
     @contextlib.contextmanager
     def _transformers_model(self, model_id: str) -> Iterator[Any]:
@@ -479,6 +475,7 @@ class ChatEngine:
         stamp = (folder / "adapter_model.safetensors").stat().st_mtime_ns
         known = self._fast_adapters.get(name)
         if known is not None and known[1] == stamp:
+            self._fast_adapters.move_to_end(name)
             return known[0]
         try:
             lora = self._fast.load_adapter(folder)
@@ -490,7 +487,21 @@ class ChatEngine:
                 f"Adapter {name!r} cannot be loaded on base model {self.base_model}: {exc}"
             ) from exc
         self._fast_adapters[name] = (lora, stamp)
+        self._fast_adapters.move_to_end(name)
+        self._evict_adapters()
         return lora
+
+    def _evict_adapters(self) -> None:
+        """Forget the least recently used adapters while those held pass `[server]
+        adapter_memory_mb` (the newest always stays; a running chat keeps its own reference)."""
+        budget = self.settings.server.adapter_memory_mb * 2**20
+        while len(self._fast_adapters) > 1 and self.adapter_bytes() > budget:
+            name, _ = self._fast_adapters.popitem(last=False)
+            log.info("adapter %s evicted (adapter_memory_mb = %s)", name, budget // 2**20)
+
+    def adapter_bytes(self) -> int:
+        """Bytes of the adapters held in the fast decoder's layout."""
+        return sum(lora.nbytes() for lora, _ in self._fast_adapters.values() if lora is not None)
 
     def _load_adapter(self, name: str) -> str:
         folder = adapter_dir(self.settings.adapters_path, name)
@@ -523,6 +534,27 @@ class ChatEngine:
             raise AdapterLoadError(
                 f"Adapter {name!r} cannot be loaded on base model {self.base_model}: {exc}"
             ) from exc
+
+
+class _ModelStepper:
+    """A model only transformers/peft runs, stepped on its own: its adapter is made active before
+    each step, since rows of different adapters take turns on the one peft model."""
+
+    def __init__(self, engine: ChatEngine, model_id: str) -> None:
+        self._engine = engine
+        self._model_id = model_id
+        self._inner: Any = None
+
+    def start(self, prompt_ids: list[int]) -> Any:
+        from training.serving.decoding import TransformersStepper
+
+        with self._engine._transformers_model(self._model_id) as model:
+            self._inner = TransformersStepper(model, self._engine._device)
+            return self._inner.start(prompt_ids)
+
+    def next(self, token: int) -> Any:
+        with self._engine._transformers_model(self._model_id):
+            return self._inner.next(token)
 
 
 def _transcript(messages: list[dict[str, str]]) -> str:

@@ -62,6 +62,25 @@ class LoraAdapter:
 
     layers: list[dict[str, _Lora]] = field(default_factory=list)
 
+    def nbytes(self) -> int:
+        return sum(m.a.nbytes + m.b.nbytes for layer in self.layers for m in layer.values())
+
+
+_Group = tuple[LoraAdapter, torch.Tensor | None]  # an adapter and its rows (None: all)
+
+
+def _groups(adapters: list[LoraAdapter | None]) -> list[_Group]:
+    """The rows of a decode step that use each adapter; rows with none need no group."""
+    rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
+    for row, adapter in enumerate(adapters):
+        if adapter is not None:
+            rows.setdefault(id(adapter), (adapter, []))[1].append(row)
+    if len(rows) == 1:
+        adapter, where = next(iter(rows.values()))
+        if len(where) == len(adapters):
+            return [(adapter, None)]
+    return [(adapter, torch.tensor(where)) for adapter, where in rows.values()]
+
 
 class _Linear:
     """A (fused) projection: fp32 or int8 base weight, plus the active adapter's LoRA."""
@@ -71,15 +90,38 @@ class _Linear:
         self.int8 = Int8Weight(weight) if int8 else None
         self.weight = weight.contiguous() if not int8 else torch.empty(0)
 
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        return self.int8(x) if self.int8 is not None else F.linear(x, self.weight)
+
     def __call__(self, x: torch.Tensor, lora: _Lora | None) -> torch.Tensor:
-        out = self.int8(x) if self.int8 is not None else F.linear(x, self.weight)
+        """Every row of x with one adapter's LoRA (or none)."""
+        out = self.base(x)
         if lora is not None:
             out = out + F.linear(F.linear(x, lora.a), lora.b)
         return out
 
+    def rows(self, x: torch.Tensor, layer: int, name: str, groups: list[_Group]) -> torch.Tensor:
+        """Each row of x with its own adapter's LoRA: the base weight read once for all rows."""
+        out = self.base(x)
+        for adapter, where in groups:
+            lora = adapter.layers[layer].get(name)
+            if lora is None:
+                continue
+            if where is None:  # every row: no gather, no scatter
+                out = out + F.linear(F.linear(x, lora.a), lora.b)
+            else:
+                out.index_add_(0, where, F.linear(F.linear(x[where], lora.a), lora.b))
+        return out
+
 
 class FastLlama:
-    """Prefill and one-token decode steps over a preallocated cache (batch size 1)."""
+    """Prefill and decode steps for a batch of sequences over one preallocated KV cache.
+
+    The cache has one slot per sequence; the scheduler (training.serving.batching) keeps the
+    sequences it decodes in slots 0..B-1 (`move` closes a gap), so a decode step reads the cache
+    through views, never through a gathered copy. Each row of a step may use its own adapter (or
+    none): the base weights are read once for the whole batch, and each adapter's low-rank
+    update is added to its own rows (the S-LoRA / Punica idea, grouped by adapter)."""
 
     def __init__(self, model: Any, int8: bool = False, max_len: int | None = None) -> None:
         config = model.config
@@ -112,9 +154,8 @@ class FastLlama:
         self.sin_signed = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)
         self.k_cache = torch.zeros(0)
         self.v_cache = torch.zeros(0)
-        self._reserve(min(self.max_len, 512))
-        self.length = 0
-        self.adapter: LoraAdapter | None = None
+        self.lengths: list[int] = []  # tokens each slot holds
+        self._reserve(1, min(self.max_len, 512))
 
     @staticmethod
     def _layer(layer: Any, int8: bool) -> dict[str, Any]:
@@ -136,106 +177,149 @@ class FastLlama:
             "down": _Linear(weight(mlp.down_proj), int8),
         }
 
-    def _reserve(self, needed: int) -> None:
-        """Grow the KV cache (doubling) so it holds `needed` positions; it starts small."""
+    def _reserve(self, slots: int, needed: int) -> None:
+        """Grow the KV cache (doubling) to hold `slots` sequences of `needed` positions."""
+        have_slots = self.k_cache.shape[1] if self.k_cache.dim() == 5 else 0
         capacity = self.k_cache.shape[3] if self.k_cache.dim() == 5 else 0
-        if needed <= capacity:
+        if slots <= have_slots and needed <= capacity:
             return
-        size = min(self.max_len, max(needed, capacity * 2))
-        shape = (len(self.layers), 1, self.kv_heads, size, self.head_dim)
+        size = capacity if needed <= capacity else min(self.max_len, max(needed, capacity * 2))
+        count = have_slots if slots <= have_slots else max(slots, have_slots * 2)
+        shape = (len(self.layers), count, self.kv_heads, size, self.head_dim)
         k, v = torch.zeros(shape), torch.zeros(shape)
         if capacity:
-            k[:, :, :, :capacity] = self.k_cache
-            v[:, :, :, :capacity] = self.v_cache
+            k[:, :have_slots, :, :capacity] = self.k_cache
+            v[:, :have_slots, :, :capacity] = self.v_cache
         self.k_cache, self.v_cache = k, v
+        self.lengths += [0] * (count - len(self.lengths))
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (self.hidden,), weight, self.eps)
+    def start(self, slot: int) -> None:
+        """Make `slot` an empty sequence (a new request takes it)."""
+        self._reserve(slot + 1, 1)
+        self.lengths[slot] = 0
 
-    def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        # x: [1, heads, T, head_dim]
-        t = x.shape[2]
-        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
-        half = self.head_dim // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    def move(self, source: int, target: int) -> None:
+        """Put the sequence in `source` into `target` (the scheduler closing a gap)."""
+        n = self.lengths[source]
+        self.k_cache[:, target, :, :n] = self.k_cache[:, source, :, :n]
+        self.v_cache[:, target, :, :n] = self.v_cache[:, source, :, :n]
+        self.lengths[target], self.lengths[source] = n, 0
 
     @torch.inference_mode()
-    def forward(self, ids: list[int]) -> torch.Tensor:
-        """Feed `ids` after what the cache holds; the last position's logits [vocab]."""
-        start, t = self.length, len(ids)
-        if start + t > self.max_len:
-            raise ValueError(f"context of {self.max_len} tokens exceeded")
-        self._reserve(start + t)
-        if t == 1:
-            return self._step(ids[0])
-        if start > 0:
-            raise ValueError("prefill only at the start; feed later tokens one at a time")
-        return self._prefill(ids)
-
-    def _step(self, token: int) -> torch.Tensor:
-        """One decode step, with as few tensor ops as the maths allows (they dominate here)."""
-        pos, hd, heads, kv_heads = self.length, self.head_dim, self.heads, self.kv_heads
-        n_qk, half, group = heads + kv_heads, hd // 2, heads // kv_heads
-        scale = 1.0 / math.sqrt(hd)
-        cos, sin = self.cos[pos], self.sin_signed[pos]
-        x = self.embed[token : token + 1]
-        for i, layer in enumerate(self.layers):
-            lora = self.adapter.layers[i] if self.adapter is not None else {}
-            h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
-            qkv = layer["qkv"](h, lora.get("qkv")).view(-1, hd)  # [q heads + 2 kv heads, hd]
-            qk = qkv[:n_qk]
-            qk = qk * cos + qk.view(n_qk, 2, half).flip(1).view(n_qk, hd) * sin
-            self.k_cache[i, 0, :, pos] = qk[heads:]
-            self.v_cache[i, 0, :, pos] = qkv[n_qk:]
-            q = qk[:heads].view(kv_heads, group, hd)  # grouped: each kv head serves `group` q
-            scores = torch.matmul(q, self.k_cache[i, 0, :, : pos + 1].transpose(1, 2))
-            probs = torch.softmax(scores.mul_(scale), dim=-1)
-            attn = torch.matmul(probs, self.v_cache[i, 0, :, : pos + 1]).view(1, self.q_size)
-            x = x + layer["o"](attn, lora.get("o"))
-            h = F.rms_norm(x, (self.hidden,), layer["post_norm"], self.eps)
-            gate_up = layer["gate_up"](h, lora.get("gate_up"))
-            inter = gate_up.shape[-1] // 2
-            x = x + layer["down"](F.silu(gate_up[:, :inter]) * gate_up[:, inter:], lora.get("down"))
-        self.length = pos + 1
-        return self.lm_head(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), None)[0]
-
-    def _prefill(self, ids: list[int]) -> torch.Tensor:
-        start, t = self.length, len(ids)
-        x = self.embed[torch.tensor(ids)]  # [T, hidden]
+    def prefill(self, slot: int, ids: list[int], adapter: LoraAdapter | None) -> torch.Tensor:
+        """Feed `ids` after what `slot` holds (a whole prompt or a chunk of one); the last
+        position's logits [vocab]."""
+        start, t = self.lengths[slot], len(ids)
         end = start + t
+        if end > self.max_len:
+            raise ValueError(f"context of {self.max_len} tokens exceeded")
+        self._reserve(slot + 1, end)
+        x = self.embed[torch.tensor(ids)]  # [T, hidden]
+        # A chunk after earlier ones sees all of them and itself causally.
+        mask = None
+        if start:
+            mask = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
         for i, layer in enumerate(self.layers):
-            lora = self.adapter.layers[i] if self.adapter is not None else {}
-            h = self._norm(x, layer["in_norm"])
+            lora = adapter.layers[i] if adapter is not None else {}
+            h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
             qkv = layer["qkv"](h, lora.get("qkv"))
             q = qkv[:, : self.q_size].view(t, self.heads, self.head_dim).transpose(0, 1)
             k = qkv[:, self.q_size : self.q_size + self.kv_size]
             v = qkv[:, self.q_size + self.kv_size :]
             k = k.view(t, self.kv_heads, self.head_dim).transpose(0, 1)
             v = v.view(t, self.kv_heads, self.head_dim).transpose(0, 1)
-            q = self._rope(q.unsqueeze(0), start)
-            self.k_cache[i, :, :, start:end] = self._rope(k.unsqueeze(0), start)
-            self.v_cache[i, :, :, start:end] = v.unsqueeze(0)
+            q = self._rope(q, start)
+            self.k_cache[i, slot, :, start:end] = self._rope(k, start)
+            self.v_cache[i, slot, :, start:end] = v
             attn = F.scaled_dot_product_attention(
-                q,
-                self.k_cache[i, :, :, :end],
-                self.v_cache[i, :, :, :end],
-                is_causal=t > 1,
+                q.unsqueeze(0),
+                self.k_cache[i, slot : slot + 1, :, :end],
+                self.v_cache[i, slot : slot + 1, :, :end],
+                attn_mask=mask,
+                is_causal=mask is None and t > 1,
                 enable_gqa=True,
                 scale=1.0 / math.sqrt(self.head_dim),
             )
             attn = attn[0].transpose(0, 1).reshape(t, self.q_size)
             x = x + layer["o"](attn, lora.get("o"))
-            h = self._norm(x, layer["post_norm"])
+            h = F.rms_norm(x, (self.hidden,), layer["post_norm"], self.eps)
             gate_up = layer["gate_up"](h, lora.get("gate_up"))
             inter = gate_up.shape[-1] // 2
             x = x + layer["down"](F.silu(gate_up[:, :inter]) * gate_up[:, inter:], lora.get("down"))
-        self.length = end
-        last = self._norm(x[-1:], self.final_norm)
+        self.lengths[slot] = end
+        last = F.rms_norm(x[-1:], (self.hidden,), self.final_norm, self.eps)
         return self.lm_head(last, None)[0]
 
-    def reset(self) -> None:
-        self.length = 0
+    def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        # x: [heads, T, head_dim]
+        t = x.shape[1]
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
+        half = self.head_dim // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def step(
+        self,
+        tokens: list[int],
+        adapters: list[LoraAdapter | None],
+        chunk: list[int],
+        chunk_adapter: LoraAdapter | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One scheduler step: a decode step for the sequences in slots 0..B-1 and a chunk of
+        the prompt in slot B (may be empty); their logits [B, vocab] and the chunk's last."""
+        last = self.prefill(len(tokens), chunk, chunk_adapter) if chunk else None
+        if not tokens:
+            return torch.empty(0, self.embed.shape[0]), last
+        return self.decode(tokens, adapters), last
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], adapters: list[LoraAdapter | None]) -> torch.Tensor:
+        """One token for each sequence in slots 0..B-1 (B = len(tokens)), row b with
+        `adapters[b]`; the logits for each one's next token [B, vocab].
+
+        As few tensor ops as the maths allows (they dominate at small B). Rows of different
+        lengths attend over the longest one's span, the positions past their own masked."""
+        rows = len(tokens)
+        hd, heads, kv_heads = self.head_dim, self.heads, self.kv_heads
+        n_qk, half, group = heads + kv_heads, hd // 2, heads // kv_heads
+        lengths = self.lengths[:rows]
+        span = max(lengths) + 1
+        if span > self.max_len:
+            raise ValueError(f"context of {self.max_len} tokens exceeded")
+        self._reserve(rows, span)
+        at = torch.tensor(lengths)
+        every = torch.arange(rows)
+        cos, sin = self.cos[at].unsqueeze(1), self.sin_signed[at].unsqueeze(1)  # [B, 1, hd]
+        mask = None
+        if min(lengths) + 1 < span:  # 0 where a row may look, -inf past its own length
+            past = torch.arange(span)[None, :] > at[:, None]
+            mask = torch.zeros(rows, span).masked_fill_(past, float("-inf")).view(rows, 1, 1, span)
+        groups = _groups(adapters)
+        scale = 1.0 / math.sqrt(hd)
+        x = self.embed[tokens]  # [B, hidden]
+        for i, layer in enumerate(self.layers):
+            h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
+            qkv = layer["qkv"].rows(h, i, "qkv", groups).view(rows, n_qk + kv_heads, hd)
+            qk = qkv[:, :n_qk]
+            qk = qk * cos + qk.reshape(rows, n_qk, 2, half).flip(2).view(rows, n_qk, hd) * sin
+            self.k_cache[i, every, :, at] = qk[:, heads:]
+            self.v_cache[i, every, :, at] = qkv[:, n_qk:]
+            q = qk[:, :heads].reshape(rows, kv_heads, group, hd)  # each kv head serves `group` q
+            scores = torch.matmul(q, self.k_cache[i, :rows, :, :span].transpose(2, 3))
+            scores = scores.mul_(scale)
+            if mask is not None:
+                scores = scores.add_(mask)
+            probs = torch.softmax(scores, dim=-1)
+            attn = torch.matmul(probs, self.v_cache[i, :rows, :, :span]).view(rows, self.q_size)
+            x = x + layer["o"].rows(attn, i, "o", groups)
+            h = F.rms_norm(x, (self.hidden,), layer["post_norm"], self.eps)
+            gate_up = layer["gate_up"].rows(h, i, "gate_up", groups)
+            inter = gate_up.shape[-1] // 2
+            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+            x = x + layer["down"].rows(act, i, "down", groups)
+        for row in range(rows):
+            self.lengths[row] += 1
+        return self.lm_head(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), None)
 
     # -- adapters ----------------------------------------------------------------------------
 
@@ -322,19 +406,3 @@ def _check_plain_lora(config: dict[str, Any]) -> None:
         raise UnsupportedAdapter("adapters that train biases or whole modules are not supported")
     if config.get("layer_replication") or config.get("use_qalora"):
         raise UnsupportedAdapter("layer replication / QA-LoRA is not supported")
-
-
-class FastStepper:
-    """The decoding.Stepper interface over a FastLlama, with one adapter (or none) active."""
-
-    def __init__(self, decoder: FastLlama, adapter: LoraAdapter | None = None) -> None:
-        self.decoder = decoder
-        self.adapter = adapter
-
-    def start(self, prompt_ids: list[int]) -> torch.Tensor:
-        self.decoder.adapter = self.adapter
-        self.decoder.reset()
-        return self.decoder.forward(prompt_ids)
-
-    def next(self, token: int) -> torch.Tensor:
-        return self.decoder.forward([token])

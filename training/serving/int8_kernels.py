@@ -26,8 +26,11 @@ from storage.settings import cache_dir
 
 log = logging.getLogger(__name__)
 
-# Rows of x processed by the kernel; longer inputs (a prompt) use a dequantized fp32 matmul.
-KERNEL_MAX_ROWS = 8
+# Rows of x one kernel call takes (a decode batch); up to KERNEL_CHUNKED_ROWS rows go through it
+# in calls of this many (each row's result the same whatever the batch), longer inputs (a
+# prompt) through a dequantized fp32 matmul.
+KERNEL_MAX_ROWS = 16
+KERNEL_CHUNKED_ROWS = 64
 
 _SOURCE = r"""
 #include <immintrin.h>
@@ -74,12 +77,12 @@ void gemv_i8(const float *x, const int8_t *w, const float *scale, float *y,
 
 /* The same product with x quantized to int8 in blocks of 32 (one scale each, as llama.cpp's
    Q8_0): integer multiply-adds do the work, about twice as fast as converting w to float.
-   k must be a multiple of 32 and at most 4096; m at most 8. */
+   k must be a multiple of 32 and at most 4096; m at most 16. */
 void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
              int64_t m, int64_t n, int64_t k, int threads) {
     int64_t nb = k / 32;
-    int8_t xq[8 * 4096] __attribute__((aligned(32)));
-    float xs[8 * 128];
+    int8_t xq[16 * 4096] __attribute__((aligned(32)));
+    float xs[16 * 128];
     for (int64_t t = 0; t < m; t++) {
         for (int64_t b = 0; b < nb; b++) {
             const float *xb = x + t * k + b * 32;
@@ -190,18 +193,20 @@ class Int8Weight:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, in] fp32 -> [T, out] fp32."""
         rows = x.shape[0]
-        if self._function is None or rows > KERNEL_MAX_ROWS:
+        if self._function is None or rows > KERNEL_CHUNKED_ROWS:
             return F.linear(x, self.q.float()) * self.scale
         x = x.contiguous()
         out = torch.empty(rows, self.out_features)
-        self._function(
-            x.data_ptr(),
-            self.q.data_ptr(),
-            self.scale.data_ptr(),
-            out.data_ptr(),
-            rows,
-            self.out_features,
-            self.in_features,
-            torch.get_num_threads(),
-        )
+        for first in range(0, rows, KERNEL_MAX_ROWS):
+            count = min(KERNEL_MAX_ROWS, rows - first)
+            self._function(
+                x[first].data_ptr(),
+                self.q.data_ptr(),
+                self.scale.data_ptr(),
+                out[first].data_ptr(),
+                count,
+                self.out_features,
+                self.in_features,
+                torch.get_num_threads(),
+            )
         return out
