@@ -32,6 +32,17 @@ def test_int8_weight_matches_dequantized_matmul(out: int, inp: int, rows: int) -
     assert (got - reference).abs().max() <= tolerance
 
 
+def test_each_row_is_the_same_whatever_the_batch() -> None:
+    # What makes a chat's greedy answer the same alone and batched: the kernel computes each
+    # row of x by itself, bit for bit, however many rows a call has (a decode batch, a chunk).
+    torch.manual_seed(1)
+    weight = Int8Weight(torch.randn(200, 576))
+    x = torch.randn(64, 576)
+    together = weight(x)
+    assert torch.equal(together[:1], weight(x[:1]))
+    assert torch.equal(together[5:13], weight(x[5:13]))
+
+
 def test_kernel_is_built_here() -> None:
     # This machine has AVX2 and a C compiler: the fast path must really be in use.
     assert kernel() is not None
@@ -45,10 +56,12 @@ def test_fast_llama_reproduces_transformers(tiny) -> None:
         reference = model(torch.tensor([ids])).logits[0]
     decoder = FastLlama(model)
     decoder.start(0)
-    logits = decoder.prefill(0, ids[:550], None)
-    assert torch.allclose(logits, reference[549], atol=1e-3)
+    logits = decoder.step([], [], ids[:500])[1]  # a prompt in two chunks
+    assert logits is not None and torch.allclose(logits, reference[499], atol=1e-3)
+    logits = decoder.step([], [], ids[500:550])[1]
+    assert logits is not None and torch.allclose(logits, reference[549], atol=1e-3)
     for position in range(550, 560):
-        logits = decoder.decode([ids[position]], [None])[0]
+        logits = decoder.step([ids[position]], [None])[0][0]
     assert torch.allclose(logits, reference[559], atol=1e-3)
 
 
@@ -64,9 +77,39 @@ def test_fast_llama_applies_lora_like_peft(tiny, tmp_path: Path) -> None:
         reference = peft_model(torch.tensor([ids])).logits[0, -1]
     decoder = FastLlama(peft_model)  # reads the base weights under peft's wrappers
     decoder.start(0)
-    assert torch.allclose(
-        decoder.prefill(0, ids, decoder.load_adapter(tmp_path / "plain")), reference, atol=1e-3
-    )
+    logits = decoder.step([], [], ids, decoder.load_adapter(tmp_path / "plain"))[1]
+    assert logits is not None and torch.allclose(logits, reference, atol=1e-3)
     with pytest.raises(UnsupportedAdapter):
         decoder.load_adapter(tmp_path / "dora")
     peft_model.unload()
+
+
+def test_one_step_runs_rows_of_different_lengths_adapters_and_a_chunk(tiny, tmp_path) -> None:
+    folder, model = tiny
+    make_adapter(folder, tmp_path, "a", seed=5)
+    prompts = [list(range(300, 340)), list(range(400, 407)), list(range(500, 560))]
+    decoder = FastLlama(model)
+    lora = decoder.load_adapter(tmp_path / "a")
+    adapters = [None, lora, lora]
+
+    def alone(prompt: list[int], adapter, then: list[int]) -> torch.Tensor:
+        decoder.start(0)
+        logits = decoder.step([], [], prompt, adapter)[1]
+        for token in then:
+            logits = decoder.step([token], [adapter])[0][0]
+        return logits
+
+    expected = [alone(p, a, [7, 8]) for p, a in zip(prompts, adapters, strict=True)]
+    # Each prompt is fed beside the rows already decoding, the last one in two chunks; rows
+    # of different lengths and adapters share every step.
+    decoder.start(0)
+    decoder.step([], [], prompts[0])
+    decoder.start(1)
+    decoder.step([7], [None], prompts[1], lora)
+    decoder.start(2)
+    first = decoder.step([8, 7], [None, lora], prompts[2][:30], lora)[0][0]
+    second = decoder.step([9, 8], [None, lora], prompts[2][30:], lora)[0][1]
+    decoder.step([9, 9, 7], adapters)
+    third = decoder.step([9, 9, 8], adapters)[0][2]
+    for got, want in zip((first, second, third), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-4)

@@ -38,7 +38,7 @@ from training.serving.fast_llama import FastLlama, LoraAdapter
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 32  # prompt tokens fed beside one decode step
+PREFILL_CHUNK = 48  # prompt tokens fed in one step, beside the running chats' tokens
 
 
 class Finished(Exception):
@@ -118,7 +118,12 @@ class Generation:
 class Batcher:
     """The engine's thread: runs calls handed to it and decodes every admitted chat together."""
 
-    def __init__(self, name: str, on_start: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        on_start: Callable[[], None] | None = None,
+        after_turn: Callable[[], None] | None = None,
+    ) -> None:
         self._wake = threading.Condition()
         self._calls: collections.deque[tuple[Future[Any], Callable[[], Any]]] = collections.deque()
         self._arriving: collections.deque[Callable[[], Generation]] = collections.deque()
@@ -132,6 +137,7 @@ class Batcher:
         self.tokens_generated = 0
         self.widest = 0  # the most chats one decode step has run together
         self._on_start = on_start
+        self._after_turn = after_turn  # once a turn: hand what the turn streamed to the callers
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -193,6 +199,8 @@ class Batcher:
                 self._admit(make)
             if self.running:
                 self._turn()
+            if self._after_turn is not None:
+                self._after_turn()
         for future, _ in self._calls:
             future.cancel()
 

@@ -134,7 +134,10 @@ class ChatEngine:
         self.base_name = model if model is not None else settings.server.model
         self.base_model = public_name(self.base_name)
         self._generation_thread: int | None = None
-        self._batcher = Batcher("fewtune-gen", on_start=self._mark_thread)
+        self._outbox = _Outbox()
+        self._batcher = Batcher(
+            "fewtune-gen", on_start=self._mark_thread, after_turn=self._outbox.deliver
+        )
         self._load_lock = threading.Lock()
         self._model: Any = None
         self._peft: Any = None
@@ -297,10 +300,7 @@ class ChatEngine:
         cancel = threading.Event()
 
         def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
-                cancel.set()
+            self._outbox.put(loop, queue, item, cancel)
 
         def send(text: str, finish: str | None, ids: tuple[int, ...]) -> None:
             if finish is None:
@@ -534,6 +534,37 @@ class ChatEngine:
             raise AdapterLoadError(
                 f"Adapter {name!r} cannot be loaded on base model {self.base_model}: {exc}"
             ) from exc
+
+
+class _Outbox:
+    """What the engine's thread streams to callers, handed over once a turn: one wake-up of
+    each caller's event loop a step, not one for every token of every chat."""
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, threading.Event]]] = {}
+
+    def put(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[Any],
+        item: Any,
+        cancel: threading.Event,
+    ) -> None:
+        self._items.setdefault(loop, []).append((queue, item, cancel))
+
+    def deliver(self) -> None:
+        items, self._items = self._items, {}
+        for loop, entries in items.items():
+            try:
+                loop.call_soon_threadsafe(_hand_over, entries)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                for _, _, cancel in entries:
+                    cancel.set()
+
+
+def _hand_over(entries: list[tuple[asyncio.Queue[Any], Any, threading.Event]]) -> None:
+    for queue, item, _ in entries:
+        queue.put_nowait(item)
 
 
 class _ModelStepper:

@@ -206,111 +206,44 @@ class FastLlama:
         self.lengths[target], self.lengths[source] = n, 0
 
     @torch.inference_mode()
-    def prefill(self, slot: int, ids: list[int], adapter: LoraAdapter | None) -> torch.Tensor:
-        """Feed `ids` after what `slot` holds (a whole prompt or a chunk of one); the last
-        position's logits [vocab]."""
-        start, t = self.lengths[slot], len(ids)
-        end = start + t
-        if end > self.max_len:
-            raise ValueError(f"context of {self.max_len} tokens exceeded")
-        self._reserve(slot + 1, end)
-        x = self.embed[torch.tensor(ids)]  # [T, hidden]
-        # A chunk after earlier ones sees all of them and itself causally.
-        mask = None
-        if start:
-            mask = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
-        for i, layer in enumerate(self.layers):
-            lora = adapter.layers[i] if adapter is not None else {}
-            h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
-            qkv = layer["qkv"](h, lora.get("qkv"))
-            q = qkv[:, : self.q_size].view(t, self.heads, self.head_dim).transpose(0, 1)
-            k = qkv[:, self.q_size : self.q_size + self.kv_size]
-            v = qkv[:, self.q_size + self.kv_size :]
-            k = k.view(t, self.kv_heads, self.head_dim).transpose(0, 1)
-            v = v.view(t, self.kv_heads, self.head_dim).transpose(0, 1)
-            q = self._rope(q, start)
-            self.k_cache[i, slot, :, start:end] = self._rope(k, start)
-            self.v_cache[i, slot, :, start:end] = v
-            attn = F.scaled_dot_product_attention(
-                q.unsqueeze(0),
-                self.k_cache[i, slot : slot + 1, :, :end],
-                self.v_cache[i, slot : slot + 1, :, :end],
-                attn_mask=mask,
-                is_causal=mask is None and t > 1,
-                enable_gqa=True,
-                scale=1.0 / math.sqrt(self.head_dim),
-            )
-            attn = attn[0].transpose(0, 1).reshape(t, self.q_size)
-            x = x + layer["o"](attn, lora.get("o"))
-            h = F.rms_norm(x, (self.hidden,), layer["post_norm"], self.eps)
-            gate_up = layer["gate_up"](h, lora.get("gate_up"))
-            inter = gate_up.shape[-1] // 2
-            x = x + layer["down"](F.silu(gate_up[:, :inter]) * gate_up[:, inter:], lora.get("down"))
-        self.lengths[slot] = end
-        last = F.rms_norm(x[-1:], (self.hidden,), self.final_norm, self.eps)
-        return self.lm_head(last, None)[0]
-
-    def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        # x: [heads, T, head_dim]
-        t = x.shape[1]
-        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
-        half = self.head_dim // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
-
     def step(
         self,
         tokens: list[int],
         adapters: list[LoraAdapter | None],
-        chunk: list[int],
-        chunk_adapter: LoraAdapter | None,
+        chunk: list[int] = (),  # type: ignore[assignment]
+        chunk_adapter: LoraAdapter | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One scheduler step: a decode step for the sequences in slots 0..B-1 and a chunk of
-        the prompt in slot B (may be empty); their logits [B, vocab] and the chunk's last."""
-        last = self.prefill(len(tokens), chunk, chunk_adapter) if chunk else None
-        if not tokens:
-            return torch.empty(0, self.embed.shape[0]), last
-        return self.decode(tokens, adapters), last
+        """One step of the scheduler, in one pass over the weights: the next token of each
+        sequence in slots 0..B-1 (B = len(tokens), row b with `adapters[b]`), and a chunk of a
+        prompt fed after what slot B holds (may be empty). The logits of each row's next token
+        [B, vocab], and of the token after the chunk (None without one).
 
-    @torch.inference_mode()
-    def decode(self, tokens: list[int], adapters: list[LoraAdapter | None]) -> torch.Tensor:
-        """One token for each sequence in slots 0..B-1 (B = len(tokens)), row b with
-        `adapters[b]`; the logits for each one's next token [B, vocab].
-
-        As few tensor ops as the maths allows (they dominate at small B). Rows of different
-        lengths attend over the longest one's span, the positions past their own masked."""
-        rows = len(tokens)
-        hd, heads, kv_heads = self.head_dim, self.heads, self.kv_heads
-        n_qk, half, group = heads + kv_heads, hd // 2, heads // kv_heads
+        The chunk's tokens ride in the same matrix products as the rows (each weight read once
+        for all of them: the chunked prefill of Sarathi-Serve); only attention is computed
+        apart. As few tensor ops as the maths allows: at small B they dominate."""
+        rows, t = len(tokens), len(chunk)
+        slot, start = rows, 0
+        if t:
+            self._reserve(slot + 1, 1)
+            start = self.lengths[slot]
         lengths = self.lengths[:rows]
-        span = max(lengths) + 1
-        if span > self.max_len:
+        span = max(lengths, default=0) + 1
+        if max(span, start + t) > self.max_len:
             raise ValueError(f"context of {self.max_len} tokens exceeded")
-        self._reserve(rows, span)
-        at = torch.tensor(lengths)
-        every = torch.arange(rows)
-        cos, sin = self.cos[at].unsqueeze(1), self.sin_signed[at].unsqueeze(1)  # [B, 1, hd]
-        mask = None
-        if min(lengths) + 1 < span:  # 0 where a row may look, -inf past its own length
-            past = torch.arange(span)[None, :] > at[:, None]
-            mask = torch.zeros(rows, span).masked_fill_(past, float("-inf")).view(rows, 1, 1, span)
-        groups = _groups(adapters)
-        scale = 1.0 / math.sqrt(hd)
-        x = self.embed[tokens]  # [B, hidden]
+        self._reserve(rows + (1 if t else 0), max(span, start + t))
+        decoding = _Decoding(self, lengths) if rows else None
+        filling = _Filling(self, slot, start, t) if t else None
+        groups = _groups([*adapters, *([chunk_adapter] * t)])
+        x = self.embed[[*tokens, *chunk]]  # [B + T, hidden]
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
-            qkv = layer["qkv"].rows(h, i, "qkv", groups).view(rows, n_qk + kv_heads, hd)
-            qk = qkv[:, :n_qk]
-            qk = qk * cos + qk.reshape(rows, n_qk, 2, half).flip(2).view(rows, n_qk, hd) * sin
-            self.k_cache[i, every, :, at] = qk[:, heads:]
-            self.v_cache[i, every, :, at] = qkv[:, n_qk:]
-            q = qk[:, :heads].reshape(rows, kv_heads, group, hd)  # each kv head serves `group` q
-            scores = torch.matmul(q, self.k_cache[i, :rows, :, :span].transpose(2, 3))
-            scores = scores.mul_(scale)
-            if mask is not None:
-                scores = scores.add_(mask)
-            probs = torch.softmax(scores, dim=-1)
-            attn = torch.matmul(probs, self.v_cache[i, :rows, :, :span]).view(rows, self.q_size)
+            qkv = layer["qkv"].rows(h, i, "qkv", groups)
+            parts = []
+            if decoding is not None:
+                parts.append(decoding.attend(i, qkv[:rows]))
+            if filling is not None:
+                parts.append(filling.attend(i, qkv[rows:]))
+            attn = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = x + layer["o"].rows(attn, i, "o", groups)
             h = F.rms_norm(x, (self.hidden,), layer["post_norm"], self.eps)
             gate_up = layer["gate_up"].rows(h, i, "gate_up", groups)
@@ -319,7 +252,11 @@ class FastLlama:
             x = x + layer["down"].rows(act, i, "down", groups)
         for row in range(rows):
             self.lengths[row] += 1
-        return self.lm_head(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), None)
+        if t:
+            self.lengths[slot] = start + t
+            x = x[: rows + 1] if t == 1 else torch.cat([x[:rows], x[-1:]])
+        logits = self.lm_head(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), None)
+        return logits[:rows], (logits[rows] if t else None)
 
     # -- adapters ----------------------------------------------------------------------------
 
@@ -379,6 +316,77 @@ class FastLlama:
                 col += rank
             row += size
         return _Lora(a=torch.cat(a_list).contiguous(), b=b)
+
+
+class _Decoding:
+    """Attention for one new token of each sequence in slots 0..B-1 (a decode step)."""
+
+    def __init__(self, decoder: FastLlama, lengths: list[int]) -> None:
+        self.d = decoder
+        self.rows = len(lengths)
+        self.span = max(lengths) + 1
+        self.at = torch.tensor(lengths)
+        self.every = torch.arange(self.rows)
+        self.cos = decoder.cos[self.at].unsqueeze(1)  # [B, 1, hd]
+        self.sin = decoder.sin_signed[self.at].unsqueeze(1)
+        self.mask = None
+        if min(lengths) + 1 < self.span:  # rows of different lengths: -inf past each one's own
+            past = torch.arange(self.span)[None, :] > self.at[:, None]
+            mask = torch.zeros(self.rows, self.span).masked_fill_(past, float("-inf"))
+            self.mask = mask.view(self.rows, 1, 1, self.span)
+
+    def attend(self, i: int, qkv: torch.Tensor) -> torch.Tensor:
+        d, rows = self.d, self.rows
+        hd, heads, kv_heads = d.head_dim, d.heads, d.kv_heads
+        n_qk, half, group = heads + kv_heads, hd // 2, heads // kv_heads
+        qkv = qkv.view(rows, n_qk + kv_heads, hd)
+        qk = qkv[:, :n_qk]
+        # rotate_half(x) * sin == flip(halves of x) * sin_signed
+        qk = qk * self.cos + qk.reshape(rows, n_qk, 2, half).flip(2).view(rows, n_qk, hd) * self.sin
+        d.k_cache[i, self.every, :, self.at] = qk[:, heads:]
+        d.v_cache[i, self.every, :, self.at] = qkv[:, n_qk:]
+        q = qk[:, :heads].reshape(rows, kv_heads, group, hd)  # each kv head serves `group` q
+        scores = torch.matmul(q, d.k_cache[i, :rows, :, : self.span].transpose(2, 3))
+        scores = scores.mul_(1.0 / math.sqrt(hd))
+        if self.mask is not None:
+            scores = scores.add_(self.mask)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.matmul(probs, d.v_cache[i, :rows, :, : self.span]).view(rows, d.q_size)
+
+
+class _Filling:
+    """Attention for a chunk of a prompt fed after what one slot holds (prefill)."""
+
+    def __init__(self, decoder: FastLlama, slot: int, start: int, t: int) -> None:
+        self.d, self.slot, self.start, self.t = decoder, slot, start, t
+        self.end = start + t
+        self.cos, self.sin = decoder.cos[start : self.end], decoder.sin[start : self.end]
+        # A chunk after earlier ones sees all of them, and itself causally.
+        self.mask = None
+        if start:
+            self.mask = torch.arange(self.end)[None, :] <= torch.arange(start, self.end)[:, None]
+
+    def _rope(self, x: torch.Tensor) -> torch.Tensor:  # x: [heads, T, head_dim]
+        half = self.d.head_dim // 2
+        return x * self.cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * self.sin
+
+    def attend(self, i: int, qkv: torch.Tensor) -> torch.Tensor:
+        d, t, slot, start, end = self.d, self.t, self.slot, self.start, self.end
+        q = qkv[:, : d.q_size].view(t, d.heads, d.head_dim).transpose(0, 1)
+        k = qkv[:, d.q_size : d.q_size + d.kv_size].view(t, d.kv_heads, d.head_dim)
+        v = qkv[:, d.q_size + d.kv_size :].view(t, d.kv_heads, d.head_dim)
+        d.k_cache[i, slot, :, start:end] = self._rope(k.transpose(0, 1))
+        d.v_cache[i, slot, :, start:end] = v.transpose(0, 1)
+        attn = F.scaled_dot_product_attention(
+            self._rope(q).unsqueeze(0),
+            d.k_cache[i, slot : slot + 1, :, :end],
+            d.v_cache[i, slot : slot + 1, :, :end],
+            attn_mask=self.mask,
+            is_causal=self.mask is None and t > 1,
+            enable_gqa=True,
+            scale=1.0 / math.sqrt(d.head_dim),
+        )
+        return attn[0].transpose(0, 1).reshape(t, d.q_size)
 
 
 def _part_sizes(decoder: FastLlama, name: str, out_features: int) -> list[int]:

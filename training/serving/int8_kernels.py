@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,10 @@ from storage.settings import cache_dir
 
 log = logging.getLogger(__name__)
 
-# Rows of x one kernel call takes (a decode batch); up to KERNEL_CHUNKED_ROWS rows go through it
-# in calls of this many (each row's result the same whatever the batch), longer inputs (a
-# prompt) through a dequantized fp32 matmul.
-KERNEL_MAX_ROWS = 16
-KERNEL_CHUNKED_ROWS = 64
+# Rows of x the kernel takes in one call, reading the weights once for all of them (a decode
+# batch and a chunk of a prompt); longer inputs (a whole prompt) use a dequantized fp32 matmul.
+# Each row's result is the same whatever the number of rows.
+KERNEL_MAX_ROWS = 64
 
 _SOURCE = r"""
 #include <immintrin.h>
@@ -77,12 +77,12 @@ void gemv_i8(const float *x, const int8_t *w, const float *scale, float *y,
 
 /* The same product with x quantized to int8 in blocks of 32 (one scale each, as llama.cpp's
    Q8_0): integer multiply-adds do the work, about twice as fast as converting w to float.
-   k must be a multiple of 32 and at most 4096; m at most 16. */
+   k must be a multiple of 32 and at most 4096; m at most 64. */
 void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
              int64_t m, int64_t n, int64_t k, int threads) {
     int64_t nb = k / 32;
-    int8_t xq[16 * 4096] __attribute__((aligned(32)));
-    float xs[16 * 128];
+    int8_t xq[m * k] __attribute__((aligned(32)));
+    float xs[m * nb];
     for (int64_t t = 0; t < m; t++) {
         for (int64_t b = 0; b < nb; b++) {
             const float *xb = x + t * k + b * 32;
@@ -119,6 +119,71 @@ void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
         }
     }
 }
+
+/* Where the CPU has AVX-512 VNNI: the same product (x quantized as in gemv_q8), with one
+   instruction for 64 multiply-adds (vpdpbusd takes unsigned x signed bytes, so w is shifted
+   to w + 128 by flipping its sign bit and 128 * sum(x) taken off again), and each 64 weights
+   loaded once for up to 4 rows of x. k must be a multiple of 64 and at most 4096; m at most 64.
+   Each row's result is the same whatever m is. */
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void gemv_vnni(const float *x, const int8_t *w, const float *scale, float *y,
+               int64_t m, int64_t n, int64_t k, int threads) {
+    int64_t nb = k / 32, nc = k / 64;
+    /* On the caller's stack, sized to this call; the OpenMP threads read them. */
+    int8_t xq[m * k] __attribute__((aligned(64)));
+    float sv[m * nc * 16] __attribute__((aligned(64)));  /* per row, per 64 weights: lane scales */
+    float corr[m];
+    for (int64_t t = 0; t < m; t++) {
+        float c = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + t * k + b * 32;
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++) {
+                float a = xb[j] < 0 ? -xb[j] : xb[j];
+                amax = a > amax ? a : amax;
+            }
+            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            int sum = 0;
+            for (int j = 0; j < 32; j++) {
+                float v = xb[j] * id;
+                int8_t q = (int8_t)(v < 0 ? v - 0.5f : v + 0.5f);
+                xq[t * k + b * 32 + j] = q;
+                sum += q;
+            }
+            for (int l = 0; l < 8; l++) sv[(t * nc + b / 2) * 16 + (b % 2) * 8 + l] = d;
+            c += d * (float)sum;
+        }
+        corr[t] = 128.0f * c;
+    }
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; i++) {
+        const int8_t *row = w + i * k;
+        for (int64_t t0 = 0; t0 < m; t0 += 4) {
+            int64_t tm = m - t0 < 4 ? m - t0 : 4;
+            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(),
+                             _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int64_t c = 0; c < nc; c++) {
+                __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(row + c * 64), flip);
+                for (int64_t u = 0; u < tm; u++) {
+                    int64_t t = t0 + u;
+                    __m512i xv = _mm512_load_si512(xq + t * k + c * 64);
+                    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+                    acc[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+                                             _mm512_load_ps(sv + (t * nc + c) * 16), acc[u]);
+                }
+            }
+            for (int64_t u = 0; u < tm; u++)
+                y[(t0 + u) * n + i] = (_mm512_reduce_add_ps(acc[u]) - corr[t0 + u]) * scale[i];
+        }
+    }
+}
+
+int has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vnni");
+}
 """
 
 _kernel: ctypes.CDLL | None = None
@@ -150,9 +215,11 @@ def _compile() -> ctypes.CDLL | None:
                 return None
             os.replace(built, target)  # atomic: concurrent builders each install a whole file
     library = ctypes.CDLL(str(target))
-    for function in (library.gemv_i8, library.gemv_q8):
+    for function in (library.gemv_i8, library.gemv_q8, library.gemv_vnni):
         function.restype = None
         function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    library.has_vnni.restype = ctypes.c_int
+    library.has_vnni.argtypes = []
     return library
 
 
@@ -175,6 +242,15 @@ def kernel() -> ctypes.CDLL | None:
     return _kernel
 
 
+def _pick(library: ctypes.CDLL, k: int) -> Any:
+    """The fastest product this CPU runs for rows of `k` values."""
+    if k % 64 == 0 and k <= 4096 and library.has_vnni():
+        return library.gemv_vnni
+    if k % 32 == 0 and k <= 4096:
+        return library.gemv_q8
+    return library.gemv_i8
+
+
 class Int8Weight:
     """A weight [out, in] stored as int8 with one fp32 scale per output row."""
 
@@ -187,26 +263,23 @@ class Int8Weight:
         self._kernel = kernel()
         self._function = None
         if self._kernel is not None:
-            blocks = self.in_features % 32 == 0 and self.in_features <= 4096
-            self._function = self._kernel.gemv_q8 if blocks else self._kernel.gemv_i8
+            self._function = _pick(self._kernel, self.in_features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, in] fp32 -> [T, out] fp32."""
         rows = x.shape[0]
-        if self._function is None or rows > KERNEL_CHUNKED_ROWS:
+        if self._function is None or rows > KERNEL_MAX_ROWS:
             return F.linear(x, self.q.float()) * self.scale
         x = x.contiguous()
         out = torch.empty(rows, self.out_features)
-        for first in range(0, rows, KERNEL_MAX_ROWS):
-            count = min(KERNEL_MAX_ROWS, rows - first)
-            self._function(
-                x[first].data_ptr(),
-                self.q.data_ptr(),
-                self.scale.data_ptr(),
-                out[first].data_ptr(),
-                count,
-                self.out_features,
-                self.in_features,
-                torch.get_num_threads(),
-            )
+        self._function(
+            x.data_ptr(),
+            self.q.data_ptr(),
+            self.scale.data_ptr(),
+            out.data_ptr(),
+            rows,
+            self.out_features,
+            self.in_features,
+            torch.get_num_threads(),
+        )
         return out
