@@ -3,11 +3,17 @@
     .venv/bin/python bench/concurrent_chats.py                      # 1, 4, 8, 16 at once
     .venv/bin/python bench/concurrent_chats.py --concurrency 1 8 --no-llama
 
-For each N, N streamed chats are sent at the same moment through the openai client (greedy,
-`--tokens` tokens asked each); half of fewtune's go to LoRA adapters (random, rank 8, made here
-on the embedded SmolLM2), each to a different one. Reported: aggregate completion tokens/s
-(all tokens over the wall time from the first request to the last token), and time to first
-token p50/p99 over the N chats.
+For each N, two ways of N people chatting, through the openai client (streamed, greedy,
+`--tokens` tokens asked each); half of fewtune's chats go to LoRA adapters (random, rank 8,
+made here on the embedded SmolLM2), each to a different one:
+- burst: N chats sent at the same moment;
+- steady: N users, each sending `--rounds` chats one after the other, the users' first chats
+  spread over one chat's length (people do not press enter together), so chats join and leave
+  a running batch.
+Reported: aggregate completion tokens/s (all tokens over the time from the first request to the
+last token) and time to first token p50/p99 over the chats. The machine's speed drifts, so the
+two servers take turns: each measurement runs `--repeat` times, fewtune then llama-server, and
+the medians are shown.
 
 llama.cpp's own server runs beside it in the same run: `llama-server -np N` (continuous
 batching, N slots) on the same GGUF, with the same threads, base model only (its LoRA route
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -37,10 +44,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LLAMA_CPP_PYTHON = "0.3.36"  # whose sdist carries the llama.cpp source built here
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fewtune-bench"
-MESSAGES = [
-    {"role": "system", "content": "You are a helpful assistant who writes long, vivid stories."},
-    {"role": "user", "content": "Write a long story about a robot who learns to paint."},
-]
+SUBJECTS = ["a robot who learns to paint", "a lighthouse keeper's cat", "a city under the sea",
+            "the last train of the night", "a clockmaker's apprentice", "a dragon who fears fire",
+            "two rival bakers", "a map that redraws itself"]  # fmt: skip
+
+
+def messages(index: int) -> list[dict[str, str]]:
+    """Chat `index`'s prompt: each one its own from the first tokens, so that no server answers
+    from a cache of an earlier prompt (llama-server keeps each slot's last prompt and reuses
+    its longest shared prefix; it is also asked not to, `cache_prompt: false`)."""
+    subject = SUBJECTS[index % len(SUBJECTS)]
+    return [
+        {"role": "system", "content": f"Story {index}. You write long, vivid stories."},
+        {"role": "user", "content": f"Write a long story about {subject}."},
+    ]
 
 
 def llama_server() -> Path:
@@ -126,11 +143,33 @@ def make_adapters(settings, count: int) -> list[str]:
     return names
 
 
-async def one_chat(client, model: str, tokens: int, start: float) -> tuple[float, float, int]:
-    """(first token after, last token after, completion tokens) of one streamed chat."""
+async def one_chat(
+    client, model: str, tokens: int, start: float, index: int
+) -> tuple[float, float, int]:
+    """(first token after, last token after, completion tokens) of one streamed chat. A
+    connection the server closed while it sat in the client's pool (keep-alive, 5 s) fails
+    before any answer; such a request is sent again (counted in RECONNECTS)."""
+    import openai
+
+    for attempt in range(3):
+        try:
+            return await _stream_once(client, model, tokens, start, index)
+        except openai.APIConnectionError:
+            if attempt == 2:
+                raise
+            RECONNECTS[0] += 1
+    raise AssertionError("unreachable")
+
+
+RECONNECTS = [0]
+
+
+async def _stream_once(
+    client, model: str, tokens: int, start: float, index: int
+) -> tuple[float, float, int]:
     stream = await client.chat.completions.create(
-        model=model, messages=MESSAGES, temperature=0, max_tokens=tokens, stream=True,
-        stream_options={"include_usage": True},
+        model=model, messages=messages(index), temperature=0, max_tokens=tokens, stream=True,
+        stream_options={"include_usage": True}, extra_body={"cache_prompt": False},
     )  # fmt: skip
     first = last = 0.0
     count = pieces = 0
@@ -145,24 +184,50 @@ async def one_chat(client, model: str, tokens: int, start: float) -> tuple[float
     return first, last, count or pieces
 
 
-async def burst(base_url: str, key: str, models: list[str], tokens: int) -> dict:
+async def chats(
+    base_url: str, key: str, models: list[str], tokens: int, rounds: int = 1, spread: float = 0
+) -> dict:
+    """User i sends `rounds` chats to models[i] one after the other, its first one after
+    i * spread / len(models) seconds; the figures over all chats."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
     start = time.perf_counter()
-    results = await asyncio.gather(*(one_chat(client, m, tokens, start) for m in models))
+    numbers = itertools.count(next(_runs) * 1000)
+
+    async def user(index: int, model: str) -> list[tuple[float, float, int]]:
+        await asyncio.sleep(index * spread / len(models))
+        done = []
+        for round_ in range(rounds):
+            began = time.perf_counter() - start
+            first, last, count = await one_chat(
+                client, model, tokens, start, next(numbers) + round_ * len(models)
+            )
+            done.append((first - began, last, count))
+        return done
+
+    per_user = await asyncio.gather(*(user(i, model) for i, model in enumerate(models)))
+    results = [r for rs in per_user for r in rs]
     await client.close()
     wall = max(r[1] for r in results)
     firsts = sorted(r[0] for r in results)
     total = sum(r[2] for r in results)
     return {
-        "chats": len(models),
+        "chats": len(results),
         "tokens": total,
         "tokens_per_s": total / wall,
         "ttft_p50": statistics.median(firsts),
         "ttft_p99": firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))],
         "wall_s": wall,
+        "reconnects": RECONNECTS[0],
     }
+
+
+_runs = itertools.count()  # each run's chats get numbers no earlier run used
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def models_for(n: int, base: str, adapters: list[str]) -> list[str]:
@@ -181,6 +246,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--home", default=None, help="FEWTUNE_HOME (default: a new temp one)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=3, help="chats per user, steady")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--no-llama", action="store_true", help="skip llama-server")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args()
@@ -192,51 +259,73 @@ def main() -> None:
     )
     settings = load_settings(home)
     adapters = make_adapters(settings, max(1, widest // 2))
+    binary = None if args.no_llama else llama_server()
     print(f"threads {args.threads}; {args.tokens} tokens a chat, greedy; home {home}", flush=True)
-    results: dict[str, dict[int, dict]] = {"fewtune": {}, "llama-server": {}}
+    results: dict[str, dict[str, dict[int, dict]]] = {}
     server = ensure_local_server(settings)
+    ours = (server.base_url, server.token)
+    base = settings.server.model
     try:
-        base = settings.server.model
-        asyncio.run(burst(server.base_url, server.token, models_for(2, base, adapters), 8))  # warm
+        asyncio.run(chats(*ours, models_for(2, base, adapters), 8))  # warm up
+        one_chat_s = 0.0
         for n in args.concurrency:
-            figures = asyncio.run(
-                burst(server.base_url, server.token, models_for(n, base, adapters), args.tokens)
-            )
-            results["fewtune"][n] = figures
-            print("fewtune", n, json.dumps(figures), flush=True)
+            llama = None
+            if binary is not None:
+                process, url = start_llama(binary, n, args.threads)
+                llama = (url, "none")
+                asyncio.run(chats(*llama, ["base"] * 2, 8))  # warm up
+            try:
+                for way in ("burst", "steady"):
+                    rounds, spread = (1, 0.0) if way == "burst" else (args.rounds, one_chat_s)
+                    runs: dict[str, list[dict]] = {"fewtune": [], "llama-server": []}
+                    for _ in range(args.repeat):
+                        mixed = models_for(n, base, adapters)
+                        runs["fewtune"].append(
+                            asyncio.run(chats(*ours, mixed, args.tokens, rounds, spread))
+                        )
+                        if llama is not None:
+                            runs["llama-server"].append(
+                                asyncio.run(
+                                    chats(*llama, ["base"] * n, args.tokens, rounds, spread)
+                                )
+                            )
+                    for name, measured in runs.items():
+                        if measured:
+                            figures = median_of(measured)
+                            results.setdefault(way, {}).setdefault(name, {})[n] = figures
+                            print(way, name, n, json.dumps(figures), flush=True)
+                    if n == 1 and way == "burst":
+                        one_chat_s = results["burst"]["fewtune"][1]["wall_s"]
+            finally:
+                if binary is not None:
+                    process.kill()
+                    process.wait()
     finally:
         stop_local_server(settings)
-    if not args.no_llama:
-        binary = llama_server()
-        for n in args.concurrency:
-            process, url = start_llama(binary, n, args.threads)
-            try:
-                asyncio.run(burst(url, "none", ["base"] * 2, 8))  # warm
-                figures = asyncio.run(burst(url, "none", ["base"] * n, args.tokens))
-            finally:
-                process.kill()
-                process.wait()
-            results["llama-server"][n] = figures
-            print("llama-server", n, json.dumps(figures), flush=True)
-    print()
-    single = results["fewtune"].get(1, {}).get("tokens_per_s")
-    ttft_single = results["fewtune"].get(1, {}).get("ttft_p50")
+    for way, servers in results.items():
+        print(f"\n{way}")
+        table(servers, args.concurrency)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+def table(servers: dict[str, dict[int, dict]], concurrency: list[int]) -> None:
+    ours, theirs = servers["fewtune"], servers.get("llama-server", {})
+    single, ttft_single = ours.get(1, {}).get("tokens_per_s"), ours.get(1, {}).get("ttft_p50")
     print("| chats | fewtune tok/s | x one chat | llama-server tok/s | fewtune / llama | "
           "TTFT p50 / p99 (s) | llama TTFT p50 / p99 (s) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for n in args.concurrency:
-        ours, theirs = results["fewtune"][n], results["llama-server"].get(n)
-        times = f"{ours['ttft_p50']:.2f} / {ours['ttft_p99']:.2f}"
+    for n in concurrency:
+        mine, other = ours[n], theirs.get(n)
+        times = f"{mine['ttft_p50']:.2f} / {mine['ttft_p99']:.2f}"
         if ttft_single:
-            times += f" ({ours['ttft_p99'] / ttft_single:.1f}x one chat's)"
-        row = [str(n), f"{ours['tokens_per_s']:.1f}",
-               f"{ours['tokens_per_s'] / single:.2f}x" if single else "-",
-               f"{theirs['tokens_per_s']:.1f}" if theirs else "-",
-               f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if theirs else "-", times,
-               f"{theirs['ttft_p50']:.2f} / {theirs['ttft_p99']:.2f}" if theirs else "-"]  # fmt: skip
+            times += f" (p99 {mine['ttft_p99'] / ttft_single:.1f}x one chat's)"
+        row = [str(n), f"{mine['tokens_per_s']:.1f}",
+               f"{mine['tokens_per_s'] / single:.2f}x" if single else "-",
+               f"{other['tokens_per_s']:.1f}" if other else "-",
+               f"{mine['tokens_per_s'] / other['tokens_per_s']:.2f}x" if other else "-", times,
+               f"{other['ttft_p50']:.2f} / {other['ttft_p99']:.2f}" if other else "-"]  # fmt: skip
         print("| " + " | ".join(row) + " |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,13 @@ the bot's threads doing core work. 1.5 s is the model's 1 s plus half a second f
   calls were left out of this sum; both sums are printed.
 
     .venv/bin/python bench/discord_load.py [--users 200] [--delay 1.0] [--runs 3]
+
+With `--real-model` the bot's assistants use the embedded SmolLM2 through `fewtune serve` on
+this machine instead (continuous batching, issue 13; 128-token answers): then what counts is
+that every user is answered and how soon the first streamed text shows (the time from the
+command to the first edit holding text, p50 and p99); the echo model's goals do not apply.
+
+    .venv/bin/python bench/discord_load.py --real-model --users 20 --runs 1
 """
 
 from __future__ import annotations
@@ -128,7 +135,7 @@ async def hear() -> str:
     return (await asyncio.to_thread(sys.stdin.readline)).strip()
 
 
-async def drive(users: int) -> None:
+async def drive(users: int, timeout: float) -> None:
     """The fake Discord and its users, in a process of their own (`--drive`): their work never
     runs on the bot's event loop, so the lag measured there is the bot's. Talks JSON lines."""
     gc.freeze()
@@ -183,7 +190,7 @@ async def drive(users: int) -> None:
             return not waiting
 
         with contextlib.suppress(AssertionError):  # counted below as unanswered
-            await fake.wait_until(all_answered, 60, "every answer")
+            await fake.wait_until(all_answered, timeout, "every answer")
         with contextlib.suppress(AssertionError):  # let thread creation finish
             await fake.wait_until(
                 lambda: all(ix.original.thread for ix in sent if complete(ix)), 20, "threads"
@@ -192,6 +199,12 @@ async def drive(users: int) -> None:
         finished = [ix.original.edits[-1].at for ix in sent if complete(ix)]
         first_sent = min(ix.created_at for ix in sent)
         acks = [ix.acknowledged_after for ix in sent if ix.acknowledged_after is not None]
+        # From the command to the first edit with text in it: the first streamed words shown.
+        shown = sorted(
+            next(edit.at for edit in ix.original.edits if edit.content) - ix.created_at
+            for ix in sent
+            if ix.original and any(edit.content for edit in ix.original.edits)
+        )
         say(
             {
                 "users": users,
@@ -204,6 +217,10 @@ async def drive(users: int) -> None:
                 "wall_s": (max(finished) - first_sent) if finished else float("nan"),
                 "ack_max_s": max(acks) if acks else float("nan"),
                 "threads": sum(1 for ix in sent if ix.original and ix.original.thread),
+                "first_text_p50_s": statistics.median(shown) if shown else float("nan"),
+                "first_text_p99_s": shown[round(0.99 * (len(shown) - 1))]
+                if shown
+                else float("nan"),
             }
         )
         await hear()  # stay up until the bot has closed
@@ -235,19 +252,58 @@ async def core_alone(core, users: int, guild: str, pids: dict[str, int]) -> dict
     return {"alone_wall_s": wall, **cpu}
 
 
-async def bench(users: int, delay: float) -> dict[str, float]:
+class LocalModel:
+    """`fewtune serve` with the embedded model, started for the bench's home (`--real-model`);
+    shaped like the fake model's process where the bench uses it (pid, terminate, wait)."""
+
+    def __init__(self, home: Path) -> None:
+        from assistants.local_server import ensure_local_server
+        from storage.settings import load_settings
+
+        self.settings = load_settings(home)
+        self.pid = ensure_local_server(self.settings).pid
+
+    def terminate(self) -> None:
+        from assistants.local_server import stop_local_server
+
+        stop_local_server(self.settings)
+
+    def wait(self, timeout: float) -> None:
+        pass
+
+
+REAL_MODEL_TOML = """[chat]
+default_model = "local:SmolLM2-135M-Instruct"
+rate_limit_per_minute = 1000
+[server]
+max_batch = {max_batch}
+"""
+
+
+async def bench(
+    users: int, delay: float, real: bool = False, max_batch: int = 8
+) -> dict[str, float]:
     from assistants import Actor, Core
     from bot.discord.client import FewtuneBot
     from bot.discord.endpoints import redirect
 
     work = Path(tempfile.mkdtemp(prefix="fewtune-bench-"))
-    server, url = start_fake_model(delay)
+    home = work / "home"
+    home.mkdir()
+    server: subprocess.Popen | LocalModel
+    if real:
+        (home / "fewtune.toml").write_text(REAL_MODEL_TOML.format(max_batch=max_batch))
+        server = LocalModel(home)
+    else:
+        server, url = start_fake_model(delay)
     driver = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
         "--drive",
         "--users",
         str(users),
+        "--timeout",
+        str(600 if real else 60),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -264,17 +320,18 @@ async def bench(users: int, delay: float) -> dict[str, float]:
 
     try:
         fake = await hear_driver()
-        home = work / "home"
-        home.mkdir()
-        os.environ["FEWTUNE_BENCH_TOKEN"] = "unused"  # the fake model asks for no key
-        (home / "fewtune.toml").write_text(
-            f'[providers.fewtune]\nbase_url = "{url}"\napi_key_env = "FEWTUNE_BENCH_TOKEN"\n'
-            f'max_retries = 0\n[chat]\ndefault_model = "fewtune:echo"\n'
-            f"rate_limit_per_minute = 1000\n"
-        )
+        if not real:
+            os.environ["FEWTUNE_BENCH_TOKEN"] = "unused"  # the fake model asks for no key
+            (home / "fewtune.toml").write_text(
+                f'[providers.fewtune]\nbase_url = "{url}"\napi_key_env = "FEWTUNE_BENCH_TOKEN"\n'
+                f'max_retries = 0\n[chat]\ndefault_model = "fewtune:echo"\n'
+                f"rate_limit_per_minute = 1000\n"
+            )
         core = Core.open(home)
         actor = Actor(fake["owner"], fake["guild"])
-        await asyncio.to_thread(core.assistants.create, actor, "bench", "Answer.")
+        await asyncio.to_thread(
+            core.assistants.create, actor, "bench", "Answer.", max_tokens=128 if real else None
+        )
         examples = "\n".join(
             json.dumps({"input": f"question {i}", "output": f"answer {i}"}) for i in range(20)
         )
@@ -323,15 +380,17 @@ async def bench(users: int, delay: float) -> dict[str, float]:
         # The core alone on the same burst, from the same cold start: fresh model clients
         # (their pool then holds one connection, as the Discord burst's warm-up left it).
         core.chat.answer = answer  # type: ignore[method-assign]  # stop measuring per message
-        await core.providers.close()
-        await core.chat.ask(actor, "bench", "warm up")
-        gc.collect()
-        alone = await core_alone(
-            core,
-            users,
-            fake["guild"],
-            {"bot": os.getpid(), "model": server.pid, "calls": core.providers.calls_pid or 0},
-        )
+        alone: dict[str, float] = {}
+        if not real:  # its check and its goal are the echo model's
+            await core.providers.close()
+            await core.chat.ask(actor, "bench", "warm up")
+            gc.collect()
+            alone = await core_alone(
+                core,
+                users,
+                fake["guild"],
+                {"bot": os.getpid(), "model": server.pid, "calls": core.providers.calls_pid or 0},
+            )
         await asyncio.get_running_loop().shutdown_default_executor()  # see bot/discord serve()
         await core.providers.close()
         core.close()
@@ -457,10 +516,24 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--delay", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3, help="fresh runs, then the medians")
+    parser.add_argument("--real-model", action="store_true", help="the embedded SmolLM2")
+    parser.add_argument("--max-batch", type=int, default=8, help="with --real-model")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=60, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
-        asyncio.run(drive(args.users))
+        asyncio.run(drive(args.users, args.timeout))
+        return
+    if args.real_model:
+        for _ in range(args.runs):
+            result = asyncio.run(bench(args.users, 0.0, real=True, max_batch=args.max_batch))
+            print(
+                f"max_batch {args.max_batch}, users {result['users']}: answered {result['answered']}, threads "
+                f"{result['threads']}; first streamed text after p50 "
+                f"{result['first_text_p50_s']:.2f} s, p99 {result['first_text_p99_s']:.2f} s; "
+                f"last answer complete after {result['wall_s']:.2f} s; slowest ack "
+                f"{result['ack_max_s']:.2f} s; event loop lag max {result['lag_max_ms']:.1f} ms"
+            )
         return
     results = []
     for run in range(args.runs):

@@ -15,7 +15,7 @@ Example `fewtune.toml`:
     idle_timeout = 900                 # seconds without requests before an on-demand server stops
     start_with_bot = true              # `fewtune bot` starts it at once when a local model is used
     max_batch = 8                      # chats decoded together (continuous batching)
-    max_waiting = 8                    # requests that may wait for a row (429 past)
+    max_waiting = 32                   # requests that may wait for a row (429 past)
     max_wait_s = 120                   # seconds one may wait before a 429
     adapter_memory_mb = 512            # adapters held for serving; least recently used go first
 
@@ -96,7 +96,7 @@ class ServerSettings:
     # each at most `max_wait_s` seconds; past either, a 429 with Retry-After (docs/design.md,
     # "Admission").
     max_batch: int = 8
-    max_waiting: int = 8
+    max_waiting: int = 32
     max_wait_s: float = 120.0
     adapter_memory_mb: float = 512.0  # adapters held in the fast decoder's layout (LRU past it)
 

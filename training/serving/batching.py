@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 48  # prompt tokens fed in one step, beside the running chats' tokens
 
 
-class Finished(Exception):
-    """Raised by Send when the caller is gone (the row stops)."""
-
-
 @dataclass(eq=False)
 class Generation:
     """One chat being answered: its prompt, how it samples, and where its text goes.
@@ -203,12 +199,20 @@ class Batcher:
                 self._after_turn()
         for future, _ in self._calls:
             future.cancel()
+        gone = RuntimeError("The model server is shutting down; try again in a moment.")
+        filling = [self._filling] if self._filling is not None else []
+        for generation in [*self._rows, *filling, *self._waiting, *self._solo]:
+            generation.fail(gone)
+        if self._after_turn is not None:
+            self._after_turn()
 
     def _admit(self, make: Callable[[], Generation]) -> None:
         try:
             generation = make()
         except BaseException as exc:  # the adapter would not load, say: make reported it
             log.debug("a chat could not start: %s", exc)
+            return
+        if generation.cancel.is_set():  # its caller left before it began
             return
         generation.started = time.monotonic()
         self.generations += 1
@@ -225,7 +229,7 @@ class Batcher:
             assert decoder is not None
             self._filling = self._waiting.popleft()
             decoder.start(len(self._rows))
-        for generation in self._solo:
+        for generation in list(self._solo):
             self._solo_step(generation)
         for generation in [g for g in self._rows if g.logits is not None]:
             self._sample(generation)

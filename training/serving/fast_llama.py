@@ -330,7 +330,8 @@ class _Decoding:
         self.cos = decoder.cos[self.at].unsqueeze(1)  # [B, 1, hd]
         self.sin = decoder.sin_signed[self.at].unsqueeze(1)
         self.mask = None
-        if min(lengths) + 1 < self.span:  # rows of different lengths: -inf past each one's own
+        self.same = min(lengths) + 1 == self.span  # all at one position: plain slicing writes
+        if not self.same:  # rows of different lengths: -inf past each one's own
             past = torch.arange(self.span)[None, :] > self.at[:, None]
             mask = torch.zeros(self.rows, self.span).masked_fill_(past, float("-inf"))
             self.mask = mask.view(self.rows, 1, 1, self.span)
@@ -343,8 +344,12 @@ class _Decoding:
         qk = qkv[:, :n_qk]
         # rotate_half(x) * sin == flip(halves of x) * sin_signed
         qk = qk * self.cos + qk.reshape(rows, n_qk, 2, half).flip(2).view(rows, n_qk, hd) * self.sin
-        d.k_cache[i, self.every, :, self.at] = qk[:, heads:]
-        d.v_cache[i, self.every, :, self.at] = qkv[:, n_qk:]
+        if self.same:
+            d.k_cache[i, :rows, :, self.span - 1] = qk[:, heads:]
+            d.v_cache[i, :rows, :, self.span - 1] = qkv[:, n_qk:]
+        else:
+            d.k_cache[i, self.every, :, self.at] = qk[:, heads:]
+            d.v_cache[i, self.every, :, self.at] = qkv[:, n_qk:]
         q = qk[:, :heads].reshape(rows, kv_heads, group, hd)  # each kv head serves `group` q
         scores = torch.matmul(q, d.k_cache[i, :rows, :, : self.span].transpose(2, 3))
         scores = scores.mul_(1.0 / math.sqrt(hd))
