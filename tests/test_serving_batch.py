@@ -144,3 +144,34 @@ def test_past_the_batch_and_the_queue_a_429(tmp_path: Path, tiny_model: Path) ->
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
         assert "max_waiting" in refused.json()["error"]["message"]
         assert app.state.engine._batcher.widest == 2
+
+
+async def test_adapters_past_the_memory_budget_are_evicted_and_reload(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # A budget smaller than one adapter: only the one used last stays held.
+    settings = write_settings(tmp_path / "home", model=str(tiny_model), adapter_memory_mb=0.001)
+    make_adapter(tiny_model, settings.adapters_path, "first", seed=1)
+    make_adapter(tiny_model, settings.adapters_path, "second", seed=2, r=4)
+    engine = ChatEngine(settings)
+    engine.load()
+    try:
+        first = await alone(engine, "first", PROMPTS[0])
+        second = await alone(engine, "second", PROMPTS[0])
+        assert list(engine._fast_adapters) == ["second"]
+        assert await alone(engine, "first", PROMPTS[0]) == first  # loaded again, same answer
+        assert list(engine._fast_adapters) == ["first"]
+        assert first != second
+    finally:
+        engine.close()
+
+
+async def test_each_chat_logs_its_queue_time_and_first_token(
+    engine: ChatEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="training.serving.batching"):
+        await alone(engine, "first", PROMPTS[1])
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.serving.batching"]
+    assert any(
+        line.startswith("chat on first: queued ") and "first token after" in line for line in lines
+    ), lines

@@ -75,6 +75,25 @@ void gemv_i8(const float *x, const int8_t *w, const float *scale, float *y,
     }
 }
 
+/* 32 values of x as int8 with one scale, as llama.cpp's Q8_0: the scale is returned and the
+   int8 values' sum left in *sum. */
+static inline float quantize32(const float *xb, int8_t *q, int *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        float a = xb[j] < 0 ? -xb[j] : xb[j];
+        amax = a > amax ? a : amax;
+    }
+    float id = amax > 0 ? 127.0f / amax : 0.0f;
+    int total = 0;
+    for (int j = 0; j < 32; j++) {
+        float v = xb[j] * id;
+        q[j] = (int8_t)(v < 0 ? v - 0.5f : v + 0.5f);
+        total += q[j];
+    }
+    *sum = total;
+    return amax / 127.0f;
+}
+
 /* The same product with x quantized to int8 in blocks of 32 (one scale each, as llama.cpp's
    Q8_0): integer multiply-adds do the work, about twice as fast as converting w to float.
    k must be a multiple of 32 and at most 4096; m at most 64. */
@@ -83,22 +102,10 @@ void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
     int64_t nb = k / 32;
     int8_t xq[m * k] __attribute__((aligned(32)));
     float xs[m * nb];
-    for (int64_t t = 0; t < m; t++) {
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + t * k + b * 32;
-            float amax = 0.0f;
-            for (int j = 0; j < 32; j++) {
-                float a = xb[j] < 0 ? -xb[j] : xb[j];
-                amax = a > amax ? a : amax;
-            }
-            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
-            xs[t * nb + b] = d;
-            for (int j = 0; j < 32; j++) {
-                float v = xb[j] * id;
-                xq[t * k + b * 32 + j] = (int8_t)(v < 0 ? v - 0.5f : v + 0.5f);
-            }
-        }
-    }
+    int sum;
+    for (int64_t t = 0; t < m; t++)
+        for (int64_t b = 0; b < nb; b++)
+            xs[t * nb + b] = quantize32(x + t * k + b * 32, xq + t * k + b * 32, &sum);
     const __m256i ones = _mm256_set1_epi16(1);
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; i++) {
@@ -136,20 +143,8 @@ void gemv_vnni(const float *x, const int8_t *w, const float *scale, float *y,
     for (int64_t t = 0; t < m; t++) {
         float c = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + t * k + b * 32;
-            float amax = 0.0f;
-            for (int j = 0; j < 32; j++) {
-                float a = xb[j] < 0 ? -xb[j] : xb[j];
-                amax = a > amax ? a : amax;
-            }
-            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
-            int sum = 0;
-            for (int j = 0; j < 32; j++) {
-                float v = xb[j] * id;
-                int8_t q = (int8_t)(v < 0 ? v - 0.5f : v + 0.5f);
-                xq[t * k + b * 32 + j] = q;
-                sum += q;
-            }
+            int sum;
+            float d = quantize32(x + t * k + b * 32, xq + t * k + b * 32, &sum);
             for (int l = 0; l < 8; l++) sv[(t * nc + b / 2) * 16 + (b % 2) * 8 + l] = d;
             c += d * (float)sum;
         }
