@@ -4,13 +4,12 @@ Decoding on a CPU is bound by reading the weights, so a step for eight chats cos
 than a step for one: the chats that run share each step. The engine's thread runs this loop:
 
 1. the calls waiting for the thread (tokenizing, scoring, loading) run first, in order;
-2. a newcomer is prefilled into the fast decoder's cache a chunk at a time, one newcomer at a
-   time in arrival order, each chunk beside the running chats' decode step (`FastLlama.step`),
-   so a long prompt does not stall them;
-3. each chat whose next-token logits are ready samples its token (its own temperature, top_p,
+2. each chat whose next-token logits are ready samples its token (its own temperature, top_p,
    seed) and streams it; one that ended (end token, stop string, max_tokens) or whose client left
    gives up its row at once;
-4. one decode step runs for all the others, each row with its own adapter.
+3. one step (`FastLlama.step`) feeds every other chat its token, each row with its own adapter,
+   and a chunk of a newcomer's prompt in the same matrix products (newcomers one at a time, in
+   arrival order), so a long prompt never stalls the others for more than a chunk.
 
 Rows live in the fast decoder's cache slots 0..n-1 (the chat being prefilled in slot n), so a
 step reads the cache through views; a chat that leaves is replaced by the last one (`move`). A
