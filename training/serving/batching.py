@@ -221,7 +221,7 @@ class Batcher:
             self._waiting.append(generation)
 
     def _turn(self) -> None:
-        """One step for every chat: prefill a chunk, sample, decode."""
+        """One turn for every chat: sample what is ready, then one step (decode and a chunk)."""
         self._drop_cancelled()
         decoder = self.decoder
         if self._filling is None and self._waiting:
@@ -238,9 +238,11 @@ class Batcher:
         filling = self._filling
         if filling is not None:
             chunk = filling.prompt[filling.fed : filling.fed + PREFILL_CHUNK]
+        tokens = [g.token for g in self._rows if g.token is not None]
+        assert len(tokens) == len(self._rows), "every decoding row has sampled its token"
         try:
             logits, last = decoder.step(
-                [g.token for g in self._rows],  # type: ignore[misc]
+                tokens,
                 [g.adapter for g in self._rows],
                 chunk,
                 filling.adapter if filling is not None else None,
@@ -278,8 +280,8 @@ class Batcher:
             if generation.logits is None and generation.token is None:
                 generation.logits = stepper.start(generation.prompt)
                 return
-            if generation.logits is None:
-                generation.logits = stepper.next(generation.token)  # type: ignore[arg-type]
+            if generation.logits is None and generation.token is not None:
+                generation.logits = stepper.next(generation.token)
             self.tokens_generated += 1
             if generation.take():
                 self._solo.remove(generation)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ class FastLlama:
         self,
         tokens: list[int],
         adapters: list[LoraAdapter | None],
-        chunk: list[int] = (),  # type: ignore[assignment]
+        chunk: Sequence[int] = (),
         chunk_adapter: LoraAdapter | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One step of the scheduler, in one pass over the weights: the next token of each

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Rows of x the kernel takes in one call, reading the weights once for all of them (a decode
 # batch and a chunk of a prompt); longer inputs (a whole prompt) use a dequantized fp32 matmul.
 # Each row's result is the same whatever the number of rows.
-KERNEL_MAX_ROWS = 64
+KERNEL_MAX_ROWS = 128  # a batch of up to 64 chats and a prompt's chunk of 48
 
 _SOURCE = r"""
 #include <immintrin.h>
@@ -96,7 +96,7 @@ static inline float quantize32(const float *xb, int8_t *q, int *sum) {
 
 /* The same product with x quantized to int8 in blocks of 32 (one scale each, as llama.cpp's
    Q8_0): integer multiply-adds do the work, about twice as fast as converting w to float.
-   k must be a multiple of 32 and at most 4096; m at most 64. */
+   k must be a multiple of 32 and at most 4096. */
 void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
              int64_t m, int64_t n, int64_t k, int threads) {
     int64_t nb = k / 32;
@@ -130,7 +130,7 @@ void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
 /* Where the CPU has AVX-512 VNNI: the same product (x quantized as in gemv_q8), with one
    instruction for 64 multiply-adds (vpdpbusd takes unsigned x signed bytes, so w is shifted
    to w + 128 by flipping its sign bit and 128 * sum(x) taken off again), and each 64 weights
-   loaded once for up to 4 rows of x. k must be a multiple of 64 and at most 4096; m at most 64.
+   loaded once for up to 4 rows of x. k must be a multiple of 64 and at most 4096.
    Each row's result is the same whatever m is. */
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
 void gemv_vnni(const float *x, const int8_t *w, const float *scale, float *y,
