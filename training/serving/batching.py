@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,8 +62,8 @@ class Generation:
     logits: torch.Tensor | None = None  # for the next token, once the prompt is fed
     token: int | None = None  # the token to feed in the next step
     generated: int = 0
-    arrived: float = field(default_factory=time.monotonic)
-    started: float = 0.0
+    arrived: float = 0.0  # handed to the engine (Batcher.add)
+    started: float = 0.0  # its prompt began to be fed: "queued" in the log is the wait for it
     first_token: float = 0.0
     generator: torch.Generator | None = None
 
@@ -116,12 +116,13 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        on_start: Callable[[], None] | None = None,
         after_turn: Callable[[], None] | None = None,
     ) -> None:
         self._wake = threading.Condition()
         self._calls: collections.deque[tuple[Future[Any], Callable[[], Any]]] = collections.deque()
-        self._arriving: collections.deque[Callable[[], Generation]] = collections.deque()
+        self._arriving: collections.deque[tuple[float, Callable[[], Generation]]] = (
+            collections.deque()
+        )
         self._waiting: collections.deque[Generation] = collections.deque()  # not yet prefilling
         self._rows: list[Generation] = []  # decoding: row i in slot i of the decoder's cache
         self._filling: Generation | None = None  # being prefilled, in slot len(_rows)
@@ -131,7 +132,6 @@ class Batcher:
         self.generations = 0  # answers begun
         self.tokens_generated = 0
         self.widest = 0  # the most chats one decode step has run together
-        self._on_start = on_start
         self._after_turn = after_turn  # once a turn: hand what the turn streamed to the callers
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -158,7 +158,7 @@ class Batcher:
         """Start a chat: `make` runs on this thread (it may load an adapter) and returns its
         Generation, which joins the batch at the next step."""
         with self._wake:
-            self._arriving.append(make)
+            self._arriving.append((time.monotonic(), make))
             self._wake.notify()
 
     @property
@@ -174,8 +174,6 @@ class Batcher:
     # -- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self._on_start is not None:
-            self._on_start()
         while True:
             with self._wake:
                 while not (self._calls or self._arriving or self.running or self._closed):
@@ -190,8 +188,8 @@ class Batcher:
                         future.set_result(function())
                     except BaseException as exc:
                         future.set_exception(exc)
-            for make in arriving:
-                self._admit(make)
+            for arrived, make in arriving:
+                self._admit(arrived, make)
             if self.running:
                 self._turn()
             if self._after_turn is not None:
@@ -205,7 +203,7 @@ class Batcher:
         if self._after_turn is not None:
             self._after_turn()
 
-    def _admit(self, make: Callable[[], Generation]) -> None:
+    def _admit(self, arrived: float, make: Callable[[], Generation]) -> None:
         try:
             generation = make()
         except BaseException as exc:  # the adapter would not load, say: make reported it
@@ -213,9 +211,10 @@ class Batcher:
             return
         if generation.cancel.is_set():  # its caller left before it began
             return
-        generation.started = time.monotonic()
+        generation.arrived = arrived
         self.generations += 1
         if generation.stepper is not None:
+            generation.started = time.monotonic()  # it starts at the next step
             self._solo.append(generation)
         else:
             self._waiting.append(generation)
@@ -227,11 +226,16 @@ class Batcher:
         if self._filling is None and self._waiting:
             assert decoder is not None
             self._filling = self._waiting.popleft()
+            self._filling.started = time.monotonic()
             decoder.start(len(self._rows))
+        for generation in [g for g in self._solo if g.logits is not None]:
+            if self._sample(generation):
+                self._solo.remove(generation)
         for generation in list(self._solo):
             self._solo_step(generation)
         for generation in [g for g in self._rows if g.logits is not None]:
-            self._sample(generation)
+            if self._sample(generation):
+                self._remove(generation)
         if decoder is None or not (self._rows or self._filling):
             return
         chunk: list[int] = []
@@ -263,28 +267,23 @@ class Batcher:
                 self._rows.append(filling)  # it was in slot len(_rows): now a row
                 self._filling = None
 
-    def _sample(self, generation: Generation) -> None:
+    def _sample(self, generation: Generation) -> bool:
+        """Its next token from its logits; True when it is done (answered, or failed)."""
         self.tokens_generated += 1
         try:
-            done = generation.take()
+            return generation.take()
         except Exception as exc:
             generation.fail(exc)
-            done = True
-        if done:
-            self._remove(generation)
+            return True
 
     def _solo_step(self, generation: Generation) -> None:
         stepper = generation.stepper
         assert stepper is not None
         try:
-            if generation.logits is None and generation.token is None:
+            if generation.token is None:
                 generation.logits = stepper.start(generation.prompt)
                 return
-            if generation.logits is None and generation.token is not None:
-                generation.logits = stepper.next(generation.token)
-            self.tokens_generated += 1
-            if generation.take():
-                self._solo.remove(generation)
+            generation.logits = stepper.next(generation.token)
         except Exception as exc:
             generation.fail(exc)
             self._solo.remove(generation)

@@ -133,11 +133,8 @@ class ChatEngine:
         self.settings = settings
         self.base_name = model if model is not None else settings.server.model
         self.base_model = public_name(self.base_name)
-        self._generation_thread: int | None = None
         self._outbox = _Outbox()
-        self._batcher = Batcher(
-            "fewtune-gen", on_start=self._mark_thread, after_turn=self._outbox.deliver
-        )
+        self._batcher = Batcher("fewtune-gen", after_turn=self._outbox.deliver)
         self._load_lock = threading.Lock()
         self._model: Any = None
         self._peft: Any = None
@@ -192,9 +189,6 @@ class ChatEngine:
         """A prompt's token ids are 0 to this minus 1 (scoring.prompt_tokens); 0 until loaded."""
         return len(self._tokenizer) if self._tokenizer is not None else 0
 
-    def _mark_thread(self) -> None:
-        self._generation_thread = threading.get_ident()
-
     def load(self) -> None:
         """Load the base model and tokenizer (blocking; converts the embedded GGUF once).
 
@@ -203,10 +197,7 @@ class ChatEngine:
         threads had one there were more OpenMP threads than cores on a 2-core machine, libgomp
         stopped spinning between parallel regions, and the int8 kernel ran 3x slower (decoding
         at 2 threads fell below 1 thread's speed; bench/decode_speed.py)."""
-        if threading.get_ident() == self._generation_thread:
-            self._load()
-        else:
-            self._batcher.call(self._load).result()
+        self._batcher.call(self._load).result()  # on the thread already: runs at once
 
     def _load(self) -> None:
         with self._load_lock:
