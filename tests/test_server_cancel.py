@@ -289,6 +289,15 @@ async def test_discord_says_the_local_server_is_busy_in_the_reply(world, busy) -
         ("max_wait_s = 0", "server.max_wait_s must be a number of seconds above 0, not 0."),
         ("max_wait_s = inf", "server.max_wait_s must be a number of seconds above 0, not inf."),
         ('max_wait_s = "long"', "server.max_wait_s must be a number, not 'long'."),
+        ("max_batch = 0", "server.max_batch must be 1 to 64, not 0."),
+        ("max_batch = 65", "server.max_batch must be 1 to 64, not 65."),
+        ("max_batch = true", "server.max_batch must be a whole number, not True."),
+        ("adapter_memory_mb = -1", "server.adapter_memory_mb must be 0 or more megabytes, not -1."),
+        (
+            "adapter_memory_mb = nan",
+            "server.adapter_memory_mb must be 0 or more megabytes, not nan.",
+        ),
+        ('adapter_memory_mb = "big"', "server.adapter_memory_mb must be a number, not 'big'."),
     ],
 )
 def test_bad_queue_settings_are_one_sentence(tmp_path: Path, setting: str, said: str) -> None:
