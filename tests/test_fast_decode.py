@@ -9,8 +9,16 @@ import torch
 import torch.nn.functional as F
 from server_fixtures import make_adapter, make_tiny_model
 
-from training.serving.fast_llama import FastLlama, UnsupportedAdapter, supports
-from training.serving.int8_kernels import Int8Weight, kernel
+from training.serving import kernels
+from training.serving.fast_llama import (
+    FastLlama,
+    LoraAdapter,
+    UnsupportedAdapter,
+    _Lora,
+    _RowAdapters,
+    supports,
+)
+from training.serving.kernels import Int8Weight, kernel
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +49,33 @@ def test_each_row_is_the_same_whatever_the_batch() -> None:
     together = weight(x)
     assert torch.equal(together[:1], weight(x[:1]))
     assert torch.equal(together[5:13], weight(x[5:13]))
+
+
+def test_each_row_gets_its_own_adapters_update_in_one_call(monkeypatch) -> None:
+    # The rows of a batch on two adapters of different ranks, and one on none; 100 outputs,
+    # not a multiple of the kernel's 8 lanes.
+    torch.manual_seed(2)
+    n, k = 100, 72
+    adapters = [
+        LoraAdapter(layers=[{"o": _Lora(a=torch.randn(r, k), bt=torch.randn(r, n))}])
+        for r in (4, 12)
+    ]
+    rows = [adapters[0], None, adapters[1], adapters[0]]
+    x, base = torch.randn(4, k), torch.randn(4, n)
+    got = _RowAdapters(rows, 1).add(x, base.clone(), 0, "o")
+    for t, adapter in enumerate(rows):
+        want = base[t]
+        if adapter is not None:
+            lora = adapter.layers[0]["o"]
+            want = want + (lora.a @ x[t]) @ lora.bt
+        assert torch.allclose(got[t], want, atol=1e-4)
+    # A row's sums are its own: alone it gets the same bits.
+    alone = _RowAdapters([rows[2]], 1).add(x[2:3], base[2:3].clone(), 0, "o")
+    assert torch.equal(alone[0], got[2])
+    # Without the compiled kernel, PyTorch does the same maths grouped by adapter.
+    monkeypatch.setattr(kernels, "kernel", lambda: None)
+    grouped = _RowAdapters(rows, 1).add(x, base.clone(), 0, "o")
+    assert torch.allclose(grouped, got, atol=1e-4)
 
 
 def test_kernel_is_built_here() -> None:

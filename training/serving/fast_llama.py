@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.serving.int8_kernels import Int8Weight
+from training.serving import kernels
+from training.serving.kernels import Int8Weight
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which fused matrix each projection lives in, and in what order.
@@ -51,10 +52,10 @@ def supports(model: Any) -> bool:
 
 @dataclass
 class _Lora:
-    """One adapter on one fused matrix: out += (x @ a.T) @ b.T (scale folded into b)."""
+    """One adapter on one fused matrix: out += (x @ a.T) @ bt (the scale folded into bt)."""
 
     a: torch.Tensor  # [r_total, in]
-    b: torch.Tensor  # [out, r_total], block-diagonal across the fused projections
+    bt: torch.Tensor  # [r_total, out]: B transposed, block-diagonal across the fused projections
 
 
 @dataclass
@@ -62,25 +63,71 @@ class LoraAdapter:
     """A plain LoRA adapter in this decoder's fused layout: per layer, per fused matrix."""
 
     layers: list[dict[str, _Lora]] = field(default_factory=list)
+    _table: torch.Tensor | None = None
 
     def nbytes(self) -> int:
-        return sum(m.a.nbytes + m.b.nbytes for layer in self.layers for m in layer.values())
+        return sum(m.a.nbytes + m.bt.nbytes for layer in self.layers for m in layer.values())
+
+    def table(self) -> torch.Tensor:
+        """[layers, fused matrices, 3] int64: where each matrix's A and B-transposed are, and
+        its rank (zeros where the adapter leaves a matrix alone), as the kernel reads them."""
+        if self._table is None:
+            table = torch.zeros(len(self.layers), len(FUSED), 3, dtype=torch.int64)
+            for i, layer in enumerate(self.layers):
+                for j, name in enumerate(FUSED):
+                    lora = layer.get(name)
+                    if lora is not None:
+                        table[i, j] = torch.tensor(
+                            [lora.a.data_ptr(), lora.bt.data_ptr(), lora.a.shape[0]]
+                        )
+            self._table = table
+        return self._table
 
 
-_Group = tuple[LoraAdapter, torch.Tensor | None]  # an adapter and its rows (None: all)
+class _RowAdapters:
+    """Each row's adapter in one step, ready to add each row's LoRA update to a projection:
+    with the kernel, one call per projection for all rows whatever their adapters; without it,
+    grouped by adapter in PyTorch (a gather and a scatter per adapter)."""
+
+    def __init__(self, adapters: list[LoraAdapter | None], layers: int) -> None:
+        self.rows = len(adapters)
+        self.table: torch.Tensor | None = None
+        self.groups: list[tuple[LoraAdapter, torch.Tensor | None]] = []
+        present = [a for a in adapters if a is not None]
+        if not present:
+            return
+        if kernels.kernel() is not None:
+            none = torch.zeros(layers, len(FUSED), 3, dtype=torch.int64)
+            tables = [none if a is None else a.table() for a in adapters]
+            self.table = torch.stack(tables, dim=-1)  # [layers, matrices, 3, rows]
+            return
+        rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
+        for row, adapter in enumerate(adapters):
+            if adapter is not None:
+                rows.setdefault(id(adapter), (adapter, []))[1].append(row)
+        if len(rows) == 1 and len(present) == len(adapters):  # every row: no gather, no scatter
+            self.groups = [(present[0], None)]
+        else:
+            self.groups = [(a, torch.tensor(where)) for a, where in rows.values()]
+
+    def add(self, x: torch.Tensor, out: torch.Tensor, layer: int, name: str) -> torch.Tensor:
+        """out (the base product of x) plus each row's LoRA update of matrix `name`."""
+        if self.table is not None:
+            at = (layer * len(FUSED) + _MATRIX[name]) * 3 * self.rows
+            kernels.lora_rows(x.contiguous(), out, self.table, at)
+            return out
+        for adapter, where in self.groups:
+            lora = adapter.layers[layer].get(name)
+            if lora is None:
+                continue
+            if where is None:
+                out = out + F.linear(x, lora.a) @ lora.bt
+            else:
+                out.index_add_(0, where, F.linear(x[where], lora.a) @ lora.bt)
+        return out
 
 
-def _groups(adapters: list[LoraAdapter | None]) -> list[_Group]:
-    """The rows of a decode step that use each adapter; rows with none need no group."""
-    rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
-    for row, adapter in enumerate(adapters):
-        if adapter is not None:
-            rows.setdefault(id(adapter), (adapter, []))[1].append(row)
-    if len(rows) == 1:
-        adapter, where = next(iter(rows.values()))
-        if len(where) == len(adapters):
-            return [(adapter, None)]
-    return [(adapter, torch.tensor(where)) for adapter, where in rows.values()]
+_MATRIX = {name: index for index, name in enumerate(FUSED)}
 
 
 class _Linear:
@@ -94,25 +141,9 @@ class _Linear:
     def base(self, x: torch.Tensor) -> torch.Tensor:
         return self.int8(x) if self.int8 is not None else F.linear(x, self.weight)
 
-    def __call__(self, x: torch.Tensor, lora: _Lora | None) -> torch.Tensor:
-        """Every row of x with one adapter's LoRA (or none)."""
-        out = self.base(x)
-        if lora is not None:
-            out = out + F.linear(F.linear(x, lora.a), lora.b)
-        return out
-
-    def rows(self, x: torch.Tensor, layer: int, name: str, groups: list[_Group]) -> torch.Tensor:
+    def rows(self, x: torch.Tensor, layer: int, name: str, adapters: _RowAdapters) -> torch.Tensor:
         """Each row of x with its own adapter's LoRA: the base weight read once for all rows."""
-        out = self.base(x)
-        for adapter, where in groups:
-            lora = adapter.layers[layer].get(name)
-            if lora is None:
-                continue
-            if where is None:  # every row: no gather, no scatter
-                out = out + F.linear(F.linear(x, lora.a), lora.b)
-            else:
-                out.index_add_(0, where, F.linear(F.linear(x[where], lora.a), lora.b))
-        return out
+        return adapters.add(x, self.base(x), layer, name)
 
 
 class FastLlama:
@@ -234,29 +265,29 @@ class FastLlama:
         self._reserve(rows + (1 if t else 0), max(span, start + t))
         decoding = _Decoding(self, lengths) if rows else None
         filling = _Filling(self, slot, start, t) if t else None
-        groups = _groups([*adapters, *([chunk_adapter] * t)])
+        row_adapters = _RowAdapters([*adapters, *([chunk_adapter] * t)], len(self.layers))
         x = self.embed[[*tokens, *chunk]]  # [B + T, hidden]
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
-            qkv = layer["qkv"].rows(h, i, "qkv", groups)
+            qkv = layer["qkv"].rows(h, i, "qkv", row_adapters)
             parts = []
             if decoding is not None:
                 parts.append(decoding.attend(i, qkv[:rows]))
             if filling is not None:
                 parts.append(filling.attend(i, qkv[rows:]))
             attn = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + layer["o"].rows(attn, i, "o", groups)
+            x = x + layer["o"].rows(attn, i, "o", row_adapters)
             h = F.rms_norm(x, (self.hidden,), layer["post_norm"], self.eps)
-            gate_up = layer["gate_up"].rows(h, i, "gate_up", groups)
+            gate_up = layer["gate_up"].rows(h, i, "gate_up", row_adapters)
             inter = gate_up.shape[-1] // 2
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-            x = x + layer["down"].rows(act, i, "down", groups)
+            x = x + layer["down"].rows(act, i, "down", row_adapters)
         for row in range(rows):
             self.lengths[row] += 1
         if t:
             self.lengths[slot] = start + t
             x = x[: rows + 1] if t == 1 else torch.cat([x[:rows], x[-1:]])
-        logits = self.lm_head(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), None)
+        logits = self.lm_head.base(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps))
         return logits[:rows], (logits[rows] if t else None)
 
     # -- adapters ----------------------------------------------------------------------------
@@ -316,7 +347,7 @@ class FastLlama:
                 b[row : row + size, col : col + rank] = piece[1]
                 col += rank
             row += size
-        return _Lora(a=torch.cat(a_list).contiguous(), b=b)
+        return _Lora(a=torch.cat(a_list).contiguous(), bt=b.T.contiguous())
 
 
 class _Decoding:

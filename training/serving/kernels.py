@@ -1,11 +1,17 @@
-"""Int8 weight-only matrix products for CPU decoding.
+"""The fast decoder's CPU kernels: int8 weight products, and each row's own LoRA update.
 
 Decoding one token reads every weight once, so on a small CPU its speed is the memory bandwidth
 divided by the weights' size: int8 weights (one fp32 scale per output row) read 4x less than
 fp32. PyTorch has no fast int8-weight x fp32-vector kernel for AVX2 machines, so a small C
-kernel (AVX2 + FMA, OpenMP, about 40 lines) is compiled once with the system C compiler and
-called through ctypes; it runs on PyTorch's own OpenMP threads. Where no compiler or no AVX2 is
-available, the same maths runs in PyTorch (dequantize, then matmul): correct, just not faster.
+kernel (AVX2 + FMA, OpenMP) is compiled once with the system C compiler and called through
+ctypes; it runs on PyTorch's own OpenMP threads. Where no compiler or no AVX2 is available, the
+same maths runs in PyTorch (dequantize, then matmul): correct, just not faster.
+
+A batch's rows may each use a different LoRA adapter. In PyTorch that is a gather, two small
+matmuls and a scatter per adapter, per projection, per layer: at 8 chats on 4 adapters, 2,000
+tiny ops a step and a third of the step's time (profiled on `fewtune serve`). `lora_rows` does
+every row's update in one call per projection instead (the BGMV kernel of Punica / S-LoRA, on
+the CPU).
 """
 
 from __future__ import annotations
@@ -174,6 +180,67 @@ void gemv_vnni(const float *x, const int8_t *w, const float *scale, float *y,
     }
 }
 
+/* Each row's own LoRA update, added to y (the base product): for each row t with an adapter,
+   y[t] += (a_t x[t]) @ bt_t, where a_t is [r_t, k] and bt_t is [r_t, n] (B transposed, the
+   LoRA scale folded in), fp32 row-major. `table` holds m pointers to the a_t, m to the bt_t
+   and m ranks; a null a_t means no adapter. Each row's sums run in one fixed order, so its
+   result is the same whatever the other rows are. */
+void lora_rows(const float *x, float *y, int64_t m, int64_t n, int64_t k,
+               const int64_t *table, int threads) {
+    const float *const *a = (const float *const *)table;
+    const float *const *bt = (const float *const *)(table + m);
+    const int64_t *rank = table + 2 * m;
+    int64_t width = 1;
+    for (int64_t t = 0; t < m; t++)
+        if (a[t] != NULL && rank[t] > width) width = rank[t];
+    float u[m * width];  /* a_t x[t] for each row */
+    int64_t groups = (n + 7) / 8;
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < m; t++) {
+            if (a[t] == NULL) continue;
+            const float *xt = x + t * k;
+            for (int64_t j = 0; j < rank[t]; j++) {
+                const float *row = a[t] + j * k;
+                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+                int64_t i = 0;
+                for (; i + 16 <= k; i += 16) {
+                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(xt + i), s0);
+                    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8),
+                                         _mm256_loadu_ps(xt + i + 8), s1);
+                }
+                float s = hsum(_mm256_add_ps(s0, s1));
+                for (; i < k; i++) s += row[i] * xt[i];
+                u[t * width + j] = s;
+            }
+        }
+        /* the implicit barrier: every u is ready */
+        #pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            int64_t o = g * 8;
+            for (int64_t t = 0; t < m; t++) {
+                if (a[t] == NULL) continue;
+                const float *ut = u + t * width, *b = bt[t];
+                float *yt = y + t * n;
+                if (o + 8 <= n) {
+                    __m256 acc = _mm256_setzero_ps();
+                    for (int64_t j = 0; j < rank[t]; j++)
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(ut[j]), _mm256_loadu_ps(b + j * n + o),
+                                              acc);
+                    _mm256_storeu_ps(yt + o, _mm256_add_ps(_mm256_loadu_ps(yt + o), acc));
+                } else {
+                    for (int64_t p = o; p < n; p++) {
+                        float s = 0.0f;
+                        for (int64_t j = 0; j < rank[t]; j++) s += ut[j] * b[j * n + p];
+                        yt[p] += s;
+                    }
+                }
+            }
+        }
+    }
+}
+
 int has_vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
@@ -213,6 +280,15 @@ def _compile() -> ctypes.CDLL | None:
     for function in (library.gemv_i8, library.gemv_q8, library.gemv_vnni):
         function.restype = None
         function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    library.lora_rows.restype = None
+    library.lora_rows.argtypes = (
+        [ctypes.c_void_p] * 2
+        + [ctypes.c_int64] * 3
+        + [
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
+    )
     library.has_vnni.restype = ctypes.c_int
     library.has_vnni.argtypes = []
     return library
@@ -278,3 +354,21 @@ class Int8Weight:
             torch.get_num_threads(),
         )
         return out
+
+
+def lora_rows(x: torch.Tensor, out: torch.Tensor, table: torch.Tensor, at: int) -> None:
+    """Add each row's own LoRA update to `out` (x [m, in] -> out [m, out], both contiguous
+    fp32): `table` is an int64 tensor whose 3 * m values from `at` are the rows' A pointers,
+    B-transposed pointers and ranks (see the C source; a zero pointer: no adapter)."""
+    library = kernel()
+    assert library is not None, "lora_rows needs the compiled kernel"
+    rows, n = out.shape
+    library.lora_rows(
+        x.data_ptr(),
+        out.data_ptr(),
+        rows,
+        n,
+        x.shape[1],
+        table.data_ptr() + at * 8,
+        torch.get_num_threads(),
+    )
