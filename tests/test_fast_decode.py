@@ -119,6 +119,37 @@ def test_fast_llama_applies_lora_like_peft(tiny, tmp_path: Path) -> None:
     peft_model.unload()
 
 
+def test_the_attention_kernel_matches_pytorch_and_keeps_each_row_to_itself(
+    tiny, monkeypatch
+) -> None:
+    # Three rows of different lengths decode together; the same steps with the PyTorch
+    # attention (masks for the unequal lengths) give the same logits, and a row decoded
+    # alone gets the same bits as in the batch (with int8 weights, whose kernel is row-exact
+    # too; PyTorch's fp32 matmul is not).
+    _, model = tiny
+    prompts = [list(range(300, 340)), list(range(400, 407)), list(range(500, 560))]
+
+    def batch(int8: bool) -> torch.Tensor:
+        decoder = FastLlama(model, int8=int8)
+        for slot, prompt in enumerate(prompts):
+            decoder.start(slot)
+            decoder.step([7] * slot, [None] * slot, prompt)  # each row takes a token too
+        return decoder.step([9, 9, 9], [None] * 3)[0]
+
+    def alone(prompt: list[int], tokens: list[int]) -> torch.Tensor:
+        decoder = FastLlama(model, int8=True)
+        decoder.start(0)
+        decoder.step([], [], prompt)
+        for token in tokens:
+            logits = decoder.step([token], [None])[0]
+        return logits[0]
+
+    assert torch.equal(batch(int8=True)[1], alone(prompts[1], [7, 9]))
+    with_kernel = batch(int8=False)
+    monkeypatch.setattr(kernels, "kernel", lambda: None)
+    assert torch.allclose(batch(int8=False), with_kernel, atol=1e-4)
+
+
 def test_one_step_runs_rows_of_different_lengths_adapters_and_a_chunk(tiny, tmp_path) -> None:
     folder, model = tiny
     make_adapter(folder, tmp_path, "a", seed=5)

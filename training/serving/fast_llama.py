@@ -351,13 +351,18 @@ class FastLlama:
 
 
 class _Decoding:
-    """Attention for one new token of each sequence in slots 0..B-1 (a decode step)."""
+    """Attention for one new token of each sequence in slots 0..B-1 (a decode step): with the
+    kernel, one call a layer, each row over its own length; without it, PyTorch over the
+    longest row's length, the shorter rows masked."""
 
     def __init__(self, decoder: FastLlama, lengths: list[int]) -> None:
         self.d = decoder
         self.rows = len(lengths)
         self.span = max(lengths) + 1
         self.at = torch.tensor(lengths)
+        self.kernel = kernels.kernel() is not None
+        if self.kernel:
+            return
         self.every = torch.arange(self.rows)
         self.cos = decoder.cos[self.at].unsqueeze(1)  # [B, 1, hd]
         self.sin = decoder.sin_signed[self.at].unsqueeze(1)
@@ -370,6 +375,10 @@ class _Decoding:
 
     def attend(self, i: int, qkv: torch.Tensor) -> torch.Tensor:
         d, rows = self.d, self.rows
+        if self.kernel:
+            return kernels.attend_rows(
+                qkv.contiguous(), d.k_cache[i], d.v_cache[i], self.at, d.cos, d.sin, d.heads
+            )
         hd, heads, kv_heads = d.head_dim, d.heads, d.kv_heads
         n_qk, half, group = heads + kv_heads, hd // 2, heads // kv_heads
         qkv = qkv.view(rows, n_qk + kv_heads, hd)

@@ -42,6 +42,7 @@ _SOURCE = r"""
 #include <immintrin.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <math.h>
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -241,6 +242,75 @@ void lora_rows(const float *x, float *y, int64_t m, int64_t n, int64_t k,
     }
 }
 
+/* sum_j a[j] * b[j], j < d, in one fixed order. */
+static inline float dot(const float *a, const float *b, int64_t d) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
+    }
+    float s = hsum(_mm256_add_ps(s0, s1));
+    for (; j < d; j++) s += a[j] * b[j];
+    return s;
+}
+
+/* Rotary position embedding of one head x[d] at a position: cos and sin are that position's
+   rows of the tables (each half repeats the same frequencies); out may not be x. */
+static inline void rope(const float *x, const float *cos, const float *sin, float *out,
+                        int64_t d) {
+    int64_t half = d / 2;
+    for (int64_t j = 0; j < half; j++) {
+        out[j] = x[j] * cos[j] - x[j + half] * sin[j];
+        out[j + half] = x[j + half] * cos[j + half] + x[j] * sin[j + half];
+    }
+}
+
+/* One decoding step's attention in one layer, for rows 0..m-1 of the batch, each at its own
+   position pos[t] (the tokens its slot held before): the row's new key (rotated) and value go
+   into its slot of the cache, then each query head attends over the row's own pos[t] + 1
+   positions, no further. qkv [m, (heads + 2 * kv_heads) * d]: query heads, key heads, value
+   heads. kc and vc: this layer's cache [slots, kv_heads, cap, d]; cos, sin [positions, d];
+   out [m, heads * d]. Each row's sums run in one fixed order, whatever the other rows are. */
+void attend_rows(const float *qkv, float *kc, float *vc, const int64_t *pos,
+                 const float *cos, const float *sin, float *out, int64_t m, int64_t heads,
+                 int64_t kv_heads, int64_t d, int64_t cap, int threads) {
+    int64_t group = heads / kv_heads, width = (heads + 2 * kv_heads) * d;
+    float scale = 1.0f / sqrtf((float)d);
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t task = 0; task < m * kv_heads; task++) {
+        int64_t t = task / kv_heads, g = task % kv_heads, n = pos[t] + 1;
+        const float *row = qkv + t * width, *c = cos + pos[t] * d, *s = sin + pos[t] * d;
+        float *keys = kc + (t * kv_heads + g) * cap * d, *values = vc + (t * kv_heads + g) * cap * d;
+        rope(row + (heads + g) * d, c, s, keys + pos[t] * d, d);
+        for (int64_t j = 0; j < d; j++) values[pos[t] * d + j] = row[(heads + kv_heads + g) * d + j];
+        float q[group * d], scores[group * n];
+        for (int64_t h = 0; h < group; h++) rope(row + (g * group + h) * d, c, s, q + h * d, d);
+        for (int64_t p = 0; p < n; p++)
+            for (int64_t h = 0; h < group; h++)
+                scores[h * n + p] = dot(q + h * d, keys + p * d, d) * scale;
+        for (int64_t h = 0; h < group; h++) {
+            float *sc = scores + h * n, top = sc[0], total = 0.0f;
+            for (int64_t p = 1; p < n; p++) top = sc[p] > top ? sc[p] : top;
+            for (int64_t p = 0; p < n; p++) {
+                sc[p] = expf(sc[p] - top);
+                total += sc[p];
+            }
+            float *o = out + t * heads * d + (g * group + h) * d;
+            for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
+            for (int64_t p = 0; p < n; p++) {
+                float w = sc[p] / total;
+                const float *v = values + p * d;
+                int64_t j = 0;
+                for (; j + 8 <= d; j += 8)
+                    _mm256_storeu_ps(o + j, _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(v + j),
+                                                            _mm256_loadu_ps(o + j)));
+                for (; j < d; j++) o[j] += w * v[j];
+            }
+        }
+    }
+}
+
 int has_vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
@@ -270,7 +340,7 @@ def _compile() -> ctypes.CDLL | None:
             built = Path(tmp) / "gemv_i8.so"
             command = [compiler, "-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
             result = subprocess.run(
-                [*command, str(source), "-o", str(built)], capture_output=True, text=True
+                [*command, str(source), "-o", str(built), "-lm"], capture_output=True, text=True
             )
             if result.returncode != 0:
                 log.warning("int8 kernel did not compile; PyTorch fallback: %s", result.stderr)
@@ -289,6 +359,8 @@ def _compile() -> ctypes.CDLL | None:
             ctypes.c_int,
         ]
     )
+    library.attend_rows.restype = None
+    library.attend_rows.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 5 + [ctypes.c_int]
     library.has_vnni.restype = ctypes.c_int
     library.has_vnni.argtypes = []
     return library
@@ -372,3 +444,38 @@ def lora_rows(x: torch.Tensor, out: torch.Tensor, table: torch.Tensor, at: int) 
         table.data_ptr() + at * 8,
         torch.get_num_threads(),
     )
+
+
+def attend_rows(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """One decoding step's attention in one layer for rows 0..m-1 (see the C source): writes
+    each row's new key and value at positions[row] in k_cache/v_cache ([slots, kv_heads, cap,
+    d], contiguous) and returns the attention output [m, heads * d]."""
+    library = kernel()
+    assert library is not None, "attend_rows needs the compiled kernel"
+    rows = positions.shape[0]
+    _, kv_heads, capacity, dim = k_cache.shape
+    out = torch.empty(rows, heads * dim)
+    library.attend_rows(
+        qkv.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        positions.data_ptr(),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        out.data_ptr(),
+        rows,
+        heads,
+        kv_heads,
+        dim,
+        capacity,
+        torch.get_num_threads(),
+    )
+    return out
