@@ -44,6 +44,8 @@ _SOURCE = r"""
 #include <stddef.h>
 #include <math.h>
 
+#define TILE 16  /* weight rows the int8 products take at a time */
+
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -109,27 +111,37 @@ void gemv_q8(const float *x, const int8_t *w, const float *scale, float *y,
     int64_t nb = k / 32;
     int8_t xq[m * k] __attribute__((aligned(32)));
     float xs[m * nb];
-    int sum;
-    for (int64_t t = 0; t < m; t++)
-        for (int64_t b = 0; b < nb; b++)
-            xs[t * nb + b] = quantize32(x + t * k + b * 32, xq + t * k + b * 32, &sum);
     const __m256i ones = _mm256_set1_epi16(1);
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < n; i++) {
-        const int8_t *row = w + i * k;
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp for schedule(static)
         for (int64_t t = 0; t < m; t++) {
-            const int8_t *xt = xq + t * k;
-            const float *st = xs + t * nb;
-            __m256 acc = _mm256_setzero_ps();
-            for (int64_t b = 0; b < nb; b++) {
-                __m256i wv = _mm256_loadu_si256((const __m256i *)(row + b * 32));
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xt + b * 32));
-                __m256i ax = _mm256_sign_epi8(xv, xv);
-                __m256i sw = _mm256_sign_epi8(wv, xv);
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(st[b]), acc);
+            int sum;
+            for (int64_t b = 0; b < nb; b++)
+                xs[t * nb + b] = quantize32(x + t * k + b * 32, xq + t * k + b * 32, &sum);
+        }
+        /* A tile of TILE weight rows at a time, in L1 while every row of x goes by (reading
+           all of x for each weight row spills to L2 past a few rows of x). */
+        #pragma omp for schedule(static)
+        for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+            int64_t i1 = i0 + TILE < n ? i0 + TILE : n;
+            for (int64_t t = 0; t < m; t++) {
+                const int8_t *xt = xq + t * k;
+                const float *st = xs + t * nb;
+                for (int64_t i = i0; i < i1; i++) {
+                    const int8_t *row = w + i * k;
+                    __m256 acc = _mm256_setzero_ps();
+                    for (int64_t b = 0; b < nb; b++) {
+                        __m256i wv = _mm256_loadu_si256((const __m256i *)(row + b * 32));
+                        __m256i xv = _mm256_loadu_si256((const __m256i *)(xt + b * 32));
+                        __m256i ax = _mm256_sign_epi8(xv, xv);
+                        __m256i sw = _mm256_sign_epi8(wv, xv);
+                        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
+                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(st[b]), acc);
+                    }
+                    y[t * n + i] = hsum(acc) * scale[i];
+                }
             }
-            y[t * n + i] = hsum(acc) * scale[i];
         }
     }
 }
@@ -147,36 +159,46 @@ void gemv_vnni(const float *x, const int8_t *w, const float *scale, float *y,
     int8_t xq[m * k] __attribute__((aligned(64)));
     float sv[m * nc * 16] __attribute__((aligned(64)));  /* per row, per 64 weights: lane scales */
     float corr[m];
-    for (int64_t t = 0; t < m; t++) {
-        float c = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            int sum;
-            float d = quantize32(x + t * k + b * 32, xq + t * k + b * 32, &sum);
-            for (int l = 0; l < 8; l++) sv[(t * nc + b / 2) * 16 + (b % 2) * 8 + l] = d;
-            c += d * (float)sum;
-        }
-        corr[t] = 128.0f * c;
-    }
     const __m512i flip = _mm512_set1_epi8((char)0x80);
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < n; i++) {
-        const int8_t *row = w + i * k;
-        for (int64_t t0 = 0; t0 < m; t0 += 4) {
-            int64_t tm = m - t0 < 4 ? m - t0 : 4;
-            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(),
-                             _mm512_setzero_ps(), _mm512_setzero_ps()};
-            for (int64_t c = 0; c < nc; c++) {
-                __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(row + c * 64), flip);
-                for (int64_t u = 0; u < tm; u++) {
-                    int64_t t = t0 + u;
-                    __m512i xv = _mm512_load_si512(xq + t * k + c * 64);
-                    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                    acc[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
-                                             _mm512_load_ps(sv + (t * nc + c) * 16), acc[u]);
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < m; t++) {
+            float c = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int sum;
+                float d = quantize32(x + t * k + b * 32, xq + t * k + b * 32, &sum);
+                for (int l = 0; l < 8; l++) sv[(t * nc + b / 2) * 16 + (b % 2) * 8 + l] = d;
+                c += d * (float)sum;
+            }
+            corr[t] = 128.0f * c;
+        }
+        /* Tiled as gemv_q8: TILE weight rows stay in L1 while each 4 rows of x go by. */
+        #pragma omp for schedule(static)
+        for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+            int64_t i1 = i0 + TILE < n ? i0 + TILE : n;
+            for (int64_t t0 = 0; t0 < m; t0 += 4) {
+                int64_t tm = m - t0 < 4 ? m - t0 : 4;
+                for (int64_t i = i0; i < i1; i++) {
+                    const int8_t *row = w + i * k;
+                    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(),
+                                     _mm512_setzero_ps(), _mm512_setzero_ps()};
+                    for (int64_t c = 0; c < nc; c++) {
+                        __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(row + c * 64), flip);
+                        for (int64_t u = 0; u < tm; u++) {
+                            int64_t t = t0 + u;
+                            __m512i xv = _mm512_load_si512(xq + t * k + c * 64);
+                            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+                            acc[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+                                                     _mm512_load_ps(sv + (t * nc + c) * 16),
+                                                     acc[u]);
+                        }
+                    }
+                    for (int64_t u = 0; u < tm; u++)
+                        y[(t0 + u) * n + i] =
+                            (_mm512_reduce_add_ps(acc[u]) - corr[t0 + u]) * scale[i];
                 }
             }
-            for (int64_t u = 0; u < tm; u++)
-                y[(t0 + u) * n + i] = (_mm512_reduce_add_ps(acc[u]) - corr[t0 + u]) * scale[i];
         }
     }
 }
