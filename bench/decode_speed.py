@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/decode_speed.py                 # engine (default decoder) vs llama.cpp
     .venv/bin/python bench/decode_speed.py --all --server  # every decoder, and through HTTP
+    .venv/bin/python bench/decode_speed.py --server --llama-server  # both servers over HTTP
 
 Decode speed is tokens per second after the first token (the prompt's prefill is excluded), for
 one chat with greedy decoding, as `fewtune serve` runs it. llama.cpp runs the embedded
@@ -59,37 +60,55 @@ def engine_speed(settings, tokens: int, runs: int) -> tuple[str, list[float]]:
 
 def server_speed(settings, tokens: int, runs: int) -> list[float]:
     """tokens/s through a real `python -m training.serving` and the openai client (streaming)."""
-    import openai
-
     from assistants.local_server import ensure_local_server, stop_local_server
 
     server = ensure_local_server(settings)
-    client = openai.OpenAI(base_url=server.base_url, api_key=server.token, max_retries=0)
-    speeds = []
     try:
-        for _ in range(runs + 1):
-            stream = client.chat.completions.create(
-                model=settings.server.model,
-                messages=MESSAGES,
-                temperature=0,
-                max_tokens=tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            first = last = 0.0
-            count = 0
-            for chunk in stream:
-                now = time.perf_counter()
-                if chunk.choices and chunk.choices[0].delta.content and not first:
-                    first = now
-                if chunk.choices:
-                    last = now
-                if chunk.usage:
-                    count = chunk.usage.completion_tokens
-            speeds.append((count - 1) / (last - first))
+        return http_speed(server.base_url, server.token, settings.server.model, tokens, runs)
     finally:
         stop_local_server(settings)
+
+
+def http_speed(base_url: str, key: str, model: str, tokens: int, runs: int) -> list[float]:
+    """tokens/s after the first token of a streamed chat (the openai client), after a warm-up."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    speeds = []
+    for _ in range(runs + 1):
+        stream = client.chat.completions.create(
+            model=model,
+            messages=MESSAGES,
+            temperature=0,
+            max_tokens=tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        first = last = 0.0
+        count = 0
+        for chunk in stream:
+            now = time.perf_counter()
+            if chunk.choices and chunk.choices[0].delta.content and not first:
+                first = now
+            if chunk.choices:
+                last = now
+            if chunk.usage:
+                count = chunk.usage.completion_tokens
+        speeds.append((count - 1) / (last - first))
     return speeds[1:]
+
+
+def llama_server_speed(tokens: int, runs: int, threads: int) -> list[float]:
+    """tokens/s of llama.cpp's own server on the embedded GGUF, through HTTP as fewtune serve
+    is measured (built from source by bench/concurrent_chats.py, once)."""
+    from concurrent_chats import llama_server, start_llama
+
+    process, url = start_llama(llama_server(), 1, threads)
+    try:
+        return http_speed(url, "none", "base", tokens, runs)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def llama_cpp_speed(tokens: int, runs: int, threads: int, install: bool) -> list[float] | None:
@@ -140,6 +159,11 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="also through the HTTP server")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp if missing")
+    parser.add_argument(
+        "--llama-server",
+        action="store_true",
+        help="llama.cpp's server over HTTP instead of llama-cpp-python in process (with --server)",
+    )
     args = parser.parse_args()
 
     settings = load_settings(args.home)
@@ -162,7 +186,10 @@ def main() -> None:
         results["fewtune serve over HTTP (default decoder)"] = statistics.median(
             server_speed(settings, args.tokens, args.runs)
         )
-    llama = llama_cpp_speed(args.tokens, args.runs, threads, not args.no_install)
+    if args.llama_server:
+        llama = llama_server_speed(args.tokens, args.runs, threads)
+    else:
+        llama = llama_cpp_speed(args.tokens, args.runs, threads, not args.no_install)
     if llama:
         results["llama.cpp (same GGUF)"] = statistics.median(llama)
 
