@@ -116,7 +116,7 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        after_turn: Callable[[], None] | None = None,
+        deliver: Callable[[], None] | None = None,
     ) -> None:
         self._wake = threading.Condition()
         self._calls: collections.deque[tuple[Future[Any], Callable[[], Any]]] = collections.deque()
@@ -132,7 +132,9 @@ class Batcher:
         self.generations = 0  # answers begun
         self.tokens_generated = 0
         self.widest = 0  # the most chats one decode step has run together
-        self._after_turn = after_turn  # once a turn: hand what the turn streamed to the callers
+        # Hands what was streamed to the callers: once a turn after sampling, before the step
+        # (a token reaches its caller a step sooner than after it), and after the turn.
+        self._deliver = deliver or (lambda: None)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -192,16 +194,14 @@ class Batcher:
                 self._admit(arrived, make)
             if self.running:
                 self._turn()
-            if self._after_turn is not None:
-                self._after_turn()
+            self._deliver()
         for future, _ in self._calls:
             future.cancel()
         gone = RuntimeError("The model server is shutting down; try again in a moment.")
         filling = [self._filling] if self._filling is not None else []
         for generation in [*self._rows, *filling, *self._waiting, *self._solo]:
             generation.fail(gone)
-        if self._after_turn is not None:
-            self._after_turn()
+        self._deliver()
 
     def _admit(self, arrived: float, make: Callable[[], Generation]) -> None:
         try:
@@ -236,6 +236,7 @@ class Batcher:
         for generation in [g for g in self._rows if g.logits is not None]:
             if self._sample(generation):
                 self._remove(generation)
+        self._deliver()
         if decoder is None or not (self._rows or self._filling):
             return
         chunk: list[int] = []

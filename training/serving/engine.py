@@ -134,7 +134,7 @@ class ChatEngine:
         self.base_name = model if model is not None else settings.server.model
         self.base_model = public_name(self.base_name)
         self._outbox = _Outbox()
-        self._batcher = Batcher("fewtune-gen", after_turn=self._outbox.deliver)
+        self._batcher = Batcher("fewtune-gen", deliver=self._outbox.deliver)
         self._load_lock = threading.Lock()
         self._model: Any = None
         self._peft: Any = None
@@ -528,8 +528,9 @@ class ChatEngine:
 
 
 class _Outbox:
-    """What the engine's thread streams to callers, handed over once a turn: one wake-up of
-    each caller's event loop a step, not one for every token of every chat."""
+    """What the engine's thread streams to callers, handed over once a turn (after sampling,
+    before the step): one wake-up of each caller's event loop a step, not one for every token
+    of every chat."""
 
     def __init__(self) -> None:
         self._items: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, threading.Event]]] = {}
