@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -175,3 +176,21 @@ async def test_each_chat_logs_its_queue_time_and_first_token(
     assert any(
         line.startswith("chat on first: queued ") and "first token after" in line for line in lines
     ), lines
+
+
+async def test_a_chat_arriving_as_the_engine_closes_is_told_so(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    engine = ChatEngine(write_settings(tmp_path / "home", model=str(tiny_model)))
+    engine.load()
+    chat = await engine.prepare("tiny-llama", PROMPTS[0], GREEDY)
+    gate = threading.Event()
+    engine._batcher.call(gate.wait)  # the thread is busy: a chat sent now waits to be admitted
+    first = asyncio.ensure_future(anext(engine.stream(chat)))
+    await asyncio.sleep(0.05)
+    engine.close()
+    gate.set()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        await asyncio.wait_for(first, 10)
+    with pytest.raises(RuntimeError, match="shutting down"):  # and one sent after
+        await anext(engine.stream(chat))

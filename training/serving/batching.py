@@ -110,6 +110,10 @@ class Generation:
         )
 
 
+SHUTTING_DOWN = "The model server is shutting down; try again in a moment."
+_Arrival = tuple[float, Callable[[], Generation], Callable[[BaseException], None]]
+
+
 class Batcher:
     """The engine's thread: runs calls handed to it and decodes every admitted chat together."""
 
@@ -120,9 +124,8 @@ class Batcher:
     ) -> None:
         self._wake = threading.Condition()
         self._calls: collections.deque[tuple[Future[Any], Callable[[], Any]]] = collections.deque()
-        self._arriving: collections.deque[tuple[float, Callable[[], Generation]]] = (
-            collections.deque()
-        )
+        # (arrival time, make, fail): fail tells the caller when its chat never begins
+        self._arriving: collections.deque[_Arrival] = collections.deque()
         self._waiting: collections.deque[Generation] = collections.deque()  # not yet prefilling
         self._rows: list[Generation] = []  # decoding: row i in slot i of the decoder's cache
         self._filling: Generation | None = None  # being prefilled, in slot len(_rows)
@@ -156,11 +159,14 @@ class Batcher:
             self._wake.notify()
         return future
 
-    def add(self, make: Callable[[], Generation]) -> None:
+    def add(self, make: Callable[[], Generation], fail: Callable[[BaseException], None]) -> None:
         """Start a chat: `make` runs on this thread (it may load an adapter) and returns its
-        Generation, which joins the batch at the next step."""
+        Generation, which joins the batch at the next step. `fail` is told if it never gets
+        there (the engine closing first)."""
         with self._wake:
-            self._arriving.append((time.monotonic(), make))
+            if self._closed:
+                raise RuntimeError(SHUTTING_DOWN)
+            self._arriving.append((time.monotonic(), make, fail))
             self._wake.notify()
 
     @property
@@ -190,17 +196,19 @@ class Batcher:
                         future.set_result(function())
                     except BaseException as exc:
                         future.set_exception(exc)
-            for arrived, make in arriving:
+            for arrived, make, _ in arriving:
                 self._admit(arrived, make)
             if self.running:
                 self._turn()
             self._deliver()
         for future, _ in self._calls:
             future.cancel()
-        gone = RuntimeError("The model server is shutting down; try again in a moment.")
+        gone = RuntimeError(SHUTTING_DOWN)
         filling = [self._filling] if self._filling is not None else []
         for generation in [*self._rows, *filling, *self._waiting, *self._solo]:
             generation.fail(gone)
+        for _, _, fail in self._arriving:
+            fail(gone)
         self._deliver()
 
     def _admit(self, arrived: float, make: Callable[[], Generation]) -> None:

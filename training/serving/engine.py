@@ -311,7 +311,7 @@ class ChatEngine:
                 fail(exc)
                 raise
 
-        self._batcher.add(make)
+        self._batcher.add(make, fail)
         try:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
