@@ -203,6 +203,19 @@ void gemv_vnni(const float *x, const int8_t *w, const float *scale, float *y,
     }
 }
 
+/* sum_j a[j] * b[j], j < d, in one fixed order. */
+static inline float dot(const float *a, const float *b, int64_t d) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
+    }
+    float s = hsum(_mm256_add_ps(s0, s1));
+    for (; j < d; j++) s += a[j] * b[j];
+    return s;
+}
+
 /* Each row's own LoRA update, added to y (the base product): for each row t with an adapter,
    y[t] += (a_t x[t]) @ bt_t, where a_t is [r_t, k] and bt_t is [r_t, n] (B transposed, the
    LoRA scale folded in), fp32 row-major. `table` holds m pointers to the a_t, m to the bt_t
@@ -224,19 +237,7 @@ void lora_rows(const float *x, float *y, int64_t m, int64_t n, int64_t k,
         for (int64_t t = 0; t < m; t++) {
             if (a[t] == NULL) continue;
             const float *xt = x + t * k;
-            for (int64_t j = 0; j < rank[t]; j++) {
-                const float *row = a[t] + j * k;
-                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-                int64_t i = 0;
-                for (; i + 16 <= k; i += 16) {
-                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(xt + i), s0);
-                    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8),
-                                         _mm256_loadu_ps(xt + i + 8), s1);
-                }
-                float s = hsum(_mm256_add_ps(s0, s1));
-                for (; i < k; i++) s += row[i] * xt[i];
-                u[t * width + j] = s;
-            }
+            for (int64_t j = 0; j < rank[t]; j++) u[t * width + j] = dot(a[t] + j * k, xt, k);
         }
         /* the implicit barrier: every u is ready */
         #pragma omp for schedule(static)
@@ -262,19 +263,6 @@ void lora_rows(const float *x, float *y, int64_t m, int64_t n, int64_t k,
             }
         }
     }
-}
-
-/* sum_j a[j] * b[j], j < d, in one fixed order. */
-static inline float dot(const float *a, const float *b, int64_t d) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 16 <= d; j += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
-    }
-    float s = hsum(_mm256_add_ps(s0, s1));
-    for (; j < d; j++) s += a[j] * b[j];
-    return s;
 }
 
 /* Rotary position embedding of one head x[d] at a position: cos and sin are that position's
