@@ -11,6 +11,7 @@ from server_fixtures import make_adapter, make_tiny_model
 
 from training.serving import kernels
 from training.serving.fast_llama import (
+    FUSED,
     FastLlama,
     LoraAdapter,
     UnsupportedAdapter,
@@ -51,6 +52,9 @@ def test_each_row_is_the_same_whatever_the_batch() -> None:
     assert torch.equal(together[5:13], weight(x[5:13]))
 
 
+NO_ADAPTER = torch.zeros(1, len(FUSED), 3, dtype=torch.int64)  # a one-layer row with no adapter
+
+
 def test_each_row_gets_its_own_adapters_update_in_one_call(monkeypatch) -> None:
     # The rows of a batch on two adapters of different ranks, and one on none; 100 outputs,
     # not a multiple of the kernel's 8 lanes.
@@ -62,7 +66,7 @@ def test_each_row_gets_its_own_adapters_update_in_one_call(monkeypatch) -> None:
     ]
     rows = [adapters[0], None, adapters[1], adapters[0]]
     x, base = torch.randn(4, k), torch.randn(4, n)
-    got = _RowAdapters(rows, 1).add(x, base.clone(), 0, "o")
+    got = _RowAdapters(rows, NO_ADAPTER).add(x, base.clone(), 0, "o")
     for t, adapter in enumerate(rows):
         want = base[t]
         if adapter is not None:
@@ -70,11 +74,11 @@ def test_each_row_gets_its_own_adapters_update_in_one_call(monkeypatch) -> None:
             want = want + (lora.a @ x[t]) @ lora.bt
         assert torch.allclose(got[t], want, atol=1e-4)
     # A row's sums are its own: alone it gets the same bits.
-    alone = _RowAdapters([rows[2]], 1).add(x[2:3], base[2:3].clone(), 0, "o")
+    alone = _RowAdapters([rows[2]], NO_ADAPTER).add(x[2:3], base[2:3].clone(), 0, "o")
     assert torch.equal(alone[0], got[2])
     # Without the compiled kernel, PyTorch does the same maths grouped by adapter.
     monkeypatch.setattr(kernels, "kernel", lambda: None)
-    grouped = _RowAdapters(rows, 1).add(x, base.clone(), 0, "o")
+    grouped = _RowAdapters(rows, NO_ADAPTER).add(x, base.clone(), 0, "o")
     assert torch.allclose(grouped, got, atol=1e-4)
 
 

@@ -89,7 +89,7 @@ class _RowAdapters:
     with the kernel, one call per projection for all rows whatever their adapters; without it,
     grouped by adapter in PyTorch (a gather and a scatter per adapter)."""
 
-    def __init__(self, adapters: list[LoraAdapter | None], layers: int) -> None:
+    def __init__(self, adapters: list[LoraAdapter | None], no_adapter: torch.Tensor) -> None:
         self.rows = len(adapters)
         self.table: torch.Tensor | None = None
         self.groups: list[tuple[LoraAdapter, torch.Tensor | None]] = []
@@ -97,8 +97,7 @@ class _RowAdapters:
         if not present:
             return
         if kernels.kernel() is not None:
-            none = torch.zeros(layers, len(FUSED), 3, dtype=torch.int64)
-            tables = [none if a is None else a.table() for a in adapters]
+            tables = [no_adapter if a is None else a.table() for a in adapters]
             self.table = torch.stack(tables, dim=-1)  # [layers, matrices, 3, rows]
             return
         rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
@@ -172,6 +171,8 @@ class FastLlama:
             self.final_norm = inner.norm.weight.detach().float()
             self.lm_head = _Linear(lm_head.weight.detach().float(), int8)
             self.layers = [self._layer(layer, int8) for layer in inner.layers]
+        # A row without an adapter, in the kernel's table (LoraAdapter.table): all zeros.
+        self._no_adapter = torch.zeros(len(self.layers), len(FUSED), 3, dtype=torch.int64)
         self.q_size = self.heads * self.head_dim
         self.kv_size = self.kv_heads * self.head_dim
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(
@@ -265,7 +266,7 @@ class FastLlama:
         self._reserve(rows + (1 if t else 0), max(span, start + t))
         decoding = _Decoding(self, lengths) if rows else None
         filling = _Filling(self, slot, start, t) if t else None
-        row_adapters = _RowAdapters([*adapters, *([chunk_adapter] * t)], len(self.layers))
+        row_adapters = _RowAdapters([*adapters, *([chunk_adapter] * t)], self._no_adapter)
         x = self.embed[[*tokens, *chunk]]  # [B + T, hidden]
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.hidden,), layer["in_norm"], self.eps)
